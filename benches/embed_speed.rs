@@ -1,1 +1,166 @@
-fn main() {}
+//! Images per second of each model's forward pass (preprocessed input to pooled embedding) on
+//! the CPU, at batch 1 and 32.
+//!
+//! `cargo bench -p wtb-benches --bench embed_speed -- [--models a,b] [--batches 1,32]
+//! [--min-seconds S] [--json FILE] [--device cpu|cuda[:N]] [--parity]`
+//!
+//! `--parity` also embeds each batch on the CPU and fails unless the device's vectors are within
+//! relative L2 1e-3 of them (used by `benches/cuda_check.sh`; build with
+//! `--features wtb-embed/cuda` for CUDA).
+//!
+//! MobileNetV2 and EfficientNet-Lite0 use their real weights (from `$WTB_SHARED_DIR/models`, or
+//! wherever `wtb_embed::resolve_weights` finds them); ResNet50 and VGG16 use the synthetic
+//! golden-test weights (same arithmetic, meaningless vectors). Compare against a reference
+//! tool in the same run with `benches/embed_vs_onnx.sh`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use wtb_embed::candle_core::{Device, Tensor};
+use wtb_embed::{DeviceChoice, Embedder, EmbedderConfig, ModelKind};
+
+struct Options {
+    models: Vec<ModelKind>,
+    batches: Vec<usize>,
+    min_seconds: f64,
+    json: Option<PathBuf>,
+    device: DeviceChoice,
+    parity: bool,
+}
+
+fn parse_options() -> anyhow::Result<Options> {
+    let mut options = Options {
+        models: ModelKind::ALL.to_vec(),
+        batches: vec![1, 32],
+        min_seconds: 3.0,
+        json: None,
+        device: DeviceChoice::Cpu,
+        parity: false,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--models" => {
+                options.models = value()?.split(',').map(str::parse).collect::<Result<_, _>>()?;
+            }
+            "--batches" => {
+                options.batches = value()?
+                    .split(',')
+                    .map(|b| b.parse().with_context(|| format!("batch {b:?}")))
+                    .collect::<anyhow::Result<_>>()?;
+            }
+            "--min-seconds" => options.min_seconds = value()?.parse().context("--min-seconds")?,
+            "--json" => options.json = Some(PathBuf::from(value()?)),
+            "--device" => options.device = value()?.parse()?,
+            "--parity" => options.parity = true,
+            // cargo bench passes --bench to harness=false binaries.
+            "--bench" => {}
+            other => bail!("unknown argument {other:?}"),
+        }
+    }
+    Ok(options)
+}
+
+fn shared_dir() -> PathBuf {
+    std::env::var_os("WTB_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared")))
+}
+
+/// The embedder and a note saying which weights it runs.
+fn embedder(model: ModelKind, device: DeviceChoice) -> anyhow::Result<(Embedder, String)> {
+    let mut config = EmbedderConfig::new(model);
+    config.device = device;
+    let shared = match model {
+        ModelKind::MobileNetV2 => Some("mobilenet_v2_torchvision_imagenet1k.safetensors"),
+        ModelKind::EfficientNetLite0 => Some("efficientnet_lite0_imagenet1k.safetensors"),
+        ModelKind::ResNet50 | ModelKind::Vgg16 => None,
+    };
+    if let Some(file) = shared {
+        let path = shared_dir().join("models").join(file);
+        config.weights = path.is_file().then_some(path);
+        if config.weights.is_some() || wtb_embed::find_local_weights(model, &wtb_embed::weight_search_dirs()).is_some() {
+            return Ok((Embedder::load(&config)?, "real".to_string()));
+        }
+    }
+    Ok((Embedder::with_synthetic_weights(&config)?, "synthetic".to_string()))
+}
+
+/// A deterministic preprocessed batch (values in the normalised range).
+fn input(batch: usize, side: usize) -> anyhow::Result<Tensor> {
+    let n = batch * 3 * side * side;
+    let mut state = 0x2545f4914f6cdd1du64;
+    let values: Vec<f32> = (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / 16777216.0 * 4.0 - 2.0
+        })
+        .collect();
+    Ok(Tensor::from_vec(values, (batch, 3, side, side), &Device::Cpu)?)
+}
+
+fn main() -> anyhow::Result<()> {
+    let options = parse_options()?;
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    println!(
+        "embed_speed: device {}, {threads} CPU threads, forward pass only (224x224 input)",
+        options.device
+    );
+    println!("| model | weights | batch | images/s | ms/image | runs |");
+    println!("|---|---|---:|---:|---:|---:|");
+    let mut results = Vec::new();
+    for &model in &options.models {
+        let (embedder, weights) = embedder(model, options.device)?;
+        let reference = if options.parity {
+            Some(self::embedder(model, DeviceChoice::Cpu)?.0)
+        } else {
+            None
+        };
+        for &batch in &options.batches {
+            let x = input(batch, 224)?;
+            let first = embedder.embed_tensor(&x)?.to_vec2::<f32>()?; // also the warm-up
+            if let Some(reference) = &reference {
+                let want = reference.embed_tensor(&x)?.to_vec2::<f32>()?;
+                let (mut diff, mut norm) = (0f64, 0f64);
+                for (a, b) in first.iter().flatten().zip(want.iter().flatten()) {
+                    diff += ((a - b) as f64).powi(2);
+                    norm += (*b as f64).powi(2);
+                }
+                let relative = (diff / norm).sqrt();
+                println!("parity {} batch {batch}: {} vs cpu relative L2 {relative:.2e}", model.name(), options.device);
+                if !(relative <= 1e-3) {
+                    bail!("{} on {}: relative L2 {relative:.2e} > 1e-3", model.name(), options.device);
+                }
+            }
+            let mut times = Vec::new();
+            let started = Instant::now();
+            while times.len() < 2 || started.elapsed().as_secs_f64() < options.min_seconds {
+                let t = Instant::now();
+                let out = embedder.embed_tensor(&x)?;
+                out.to_vec2::<f32>()?; // forces the result
+                times.push(t.elapsed().as_secs_f64());
+            }
+            times.sort_by(f64::total_cmp);
+            let median = times[times.len() / 2];
+            let per_second = batch as f64 / median;
+            println!(
+                "| {} | {weights} | {batch} | {per_second:.1} | {:.2} | {} |",
+                model.name(),
+                1000.0 * median / batch as f64,
+                times.len()
+            );
+            results.push(serde_json::json!({
+                "model": model.name(), "weights": weights, "batch": batch,
+                "images_per_s": per_second, "median_s": median, "runs": times.len(),
+            }));
+        }
+    }
+    if let Some(path) = options.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&results)?).with_context(|| format!("{}", path.display()))?;
+    }
+    Ok(())
+}

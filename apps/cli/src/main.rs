@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod dataset;
-#[allow(dead_code)] // used by the embedding and indexing subcommands
+mod embed;
+mod eval;
+mod models;
 mod progress;
 
 #[derive(Parser)]
@@ -24,12 +26,25 @@ enum Command {
     /// Inspect, validate and clean a street2shop dataset.
     #[command(subcommand)]
     Dataset(dataset::DatasetCommand),
+    /// Evaluate retrieval accuracy (accuracy@k, MRR, mAP) and write a report folder.
+    Eval(Box<eval::EvalArgs>),
+    /// List the feature extractors and whether their weights are present.
+    #[command(subcommand)]
+    Models(models::ModelsCommand),
+    /// Embed a folder or list of images into an embeddings file.
+    Embed(Box<embed::EmbedArgs>),
+    /// Print the top ImageNet classes of an image (a sanity check of a model and its weights).
+    Classify(Box<embed::ClassifyArgs>),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Dataset(command) => dataset::run(command),
+        Command::Eval(args) => eval::run(*args),
+        Command::Models(command) => models::run(command),
+        Command::Embed(args) => embed::run_embed(*args),
+        Command::Classify(args) => embed::run_classify(*args),
     };
     match outcome {
         Ok(code) => code,

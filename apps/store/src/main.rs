@@ -1,1 +1,136 @@
-fn main() {}
+//! `wtb-store`: runs the web shop. It listens at once (`/healthz`), loads the model, builds the
+//! index when it is missing (progress in the log), then reports ready (`/readyz`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Parser;
+use wtb_embed::{DeviceChoice, EmbedderConfig, ModelKind, Pooling, Preprocess};
+use wtb_store::{load_backend, start, CatalogueConfig, Limits, Readiness, StoreOptions};
+
+/// The wheretobuy web shop: upload a street photo, get the products that look like it.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// The index file; built from --labels and --photos when it does not exist.
+    #[arg(long, default_value = "shop.wtbindex")]
+    index: PathBuf,
+    /// The shop photos folder (`<photo>.jpg`).
+    #[arg(long, default_value = "photos_resized")]
+    photos: PathBuf,
+    /// The street2shop label folder, used to build the index.
+    #[arg(long, default_value = "labels")]
+    labels: PathBuf,
+    /// Product names and metadata (`products.csv`); default: `products.csv` here or beside
+    /// the label folder, when it exists.
+    #[arg(long)]
+    products: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    bind: String,
+    /// Where the model runs: cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// The model: mobilenet_v2, efficientnet_lite0, resnet50 or vgg16.
+    #[arg(long, default_value = "mobilenet_v2")]
+    model: String,
+    /// The weights file; default: `<model>.safetensors` in $WTB_MODELS_DIR or `models/`.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Preprocessing: torchvision, squash or pad.
+    #[arg(long, default_value = "torchvision")]
+    preprocess: String,
+    /// Pooling: avg, max, gem or gem:P.
+    #[arg(long, default_value = "avg")]
+    pooling: String,
+    /// Only these categories when building the index (comma separated; default: all).
+    #[arg(long, value_delimiter = ',')]
+    categories: Vec<String>,
+    /// Exclusion file (from `wtb dataset clean`) honoured when building the index.
+    #[arg(long)]
+    exclusions: Option<PathBuf>,
+    /// Photos per model batch when building the index.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Inference worker threads.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Searches that may wait for a worker before new ones are refused with 503.
+    #[arg(long, default_value_t = 32)]
+    queue: usize,
+    /// HTTP threads.
+    #[arg(long, default_value_t = 2)]
+    http_workers: usize,
+    /// Largest upload, in MiB.
+    #[arg(long, default_value_t = 10)]
+    max_upload_mib: usize,
+    /// Largest decoded photo, in megapixels.
+    #[arg(long, default_value_t = 40)]
+    max_megapixels: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+
+    let model: ModelKind = args.model.parse()?;
+    let embedder = EmbedderConfig {
+        model,
+        weights: args.weights.clone(),
+        preprocess: args.preprocess.parse::<Preprocess>()?,
+        pooling: args.pooling.parse::<Pooling>()?,
+        l2_normalize: false,
+        device: args.device.parse::<DeviceChoice>()?,
+    };
+    let products = args.products.clone().or_else(|| {
+        let beside_labels = args.labels.join("..").join("products.csv");
+        [PathBuf::from("products.csv"), beside_labels]
+            .into_iter()
+            .find(|p| p.is_file())
+    });
+    let catalogue = CatalogueConfig {
+        index: args.index.clone(),
+        photos: args.photos.clone(),
+        labels: args.labels.clone(),
+        products,
+        embedder,
+        categories: args.categories.clone(),
+        exclusions: args.exclusions.clone(),
+        batch_size: args.batch_size,
+        max_pixels: args.max_megapixels.saturating_mul(1_000_000),
+    };
+    let limits = Limits {
+        max_upload_bytes: args.max_upload_mib.saturating_mul(1024 * 1024),
+        max_pixels: catalogue.max_pixels,
+        ..Limits::default()
+    };
+    let options = StoreOptions {
+        bind: args.bind.clone(),
+        limits,
+        inference_workers: args.workers,
+        queue: args.queue,
+        http_workers: args.http_workers,
+    };
+
+    let readiness = Readiness::new();
+    let store = start(options, Arc::clone(&readiness)).context("starting the HTTP server")?;
+    tracing::info!(addr = %store.addr(), "wtb-store is up; loading the catalogue");
+    match load_backend(&catalogue, &readiness) {
+        Ok(backend) => {
+            readiness.set_ready(Arc::new(backend));
+            tracing::info!(addr = %store.addr(), "ready");
+        }
+        Err(err) => {
+            tracing::error!("cannot load the catalogue: {err:#}");
+            let _ = store.stop();
+            return Err(err);
+        }
+    }
+    store.wait().context("running the HTTP server")
+}

@@ -1,0 +1,47 @@
+//! `wtb-store`: the wheretobuy web shop and JSON API.
+//!
+//! A shopper uploads a street photo, draws a box around the garment and gets the 12 catalogue
+//! products that look most like it. The same search is offered as a versioned JSON API.
+//!
+//! - [`start`] runs the HTTP server on its own thread; [`Readiness`] tells it when the catalogue
+//!   and model are loaded (until then `/readyz` and searches answer 503).
+//! - Handlers only talk to a [`Backend`]; the shipped one is [`PipelineBackend`], which opens
+//!   (or builds) an index with `wtb-pipeline`.
+//! - Inference runs on a bounded [`WorkerPool`], never on the async executor; a full queue is
+//!   answered 503 with `Retry-After`.
+//!
+//! ```
+//! use std::io::{Read, Write};
+//! use wtb_store::{start, Readiness, StoreOptions};
+//!
+//! let options = StoreOptions { bind: "127.0.0.1:0".to_string(), ..StoreOptions::default() };
+//! let store = start(options, Readiness::new()).unwrap();
+//! let mut stream = std::net::TcpStream::connect(store.addr()).unwrap();
+//! stream.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+//! let mut answer = String::new();
+//! stream.read_to_string(&mut answer).unwrap();
+//! // No backend yet: the store is alive but not ready.
+//! assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+//! store.stop().unwrap();
+//! ```
+
+mod api;
+mod backend;
+mod error;
+mod metrics;
+mod openapi;
+mod pages;
+mod pipeline_backend;
+mod pool;
+mod server;
+mod upload;
+
+pub use backend::{
+    Backend, BackendError, CategoryCount, CropBox, Hit, Product, SearchOutcome, SearchQuery,
+};
+pub use error::StoreError;
+pub use metrics::Metrics;
+pub use pipeline_backend::{load_backend, CatalogueConfig, PipelineBackend};
+pub use pool::{PoolError, WorkerPool};
+pub use server::{start, Readiness, RunningStore, StoreOptions, CONTENT_SECURITY_POLICY};
+pub use upload::{sniff_image_type, Limits};

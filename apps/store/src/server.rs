@@ -1,0 +1,328 @@
+//! The HTTP server: shared state, routes, security headers, metrics middleware, and starting
+//! and stopping it on its own thread.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServerHandle, ServiceRequest, ServiceResponse};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::middleware::{self, Next};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+
+use crate::backend::{Backend, SearchOutcome, SearchQuery};
+use crate::error::{ApiError, PageError, StoreError};
+use crate::metrics::Metrics;
+use crate::pool::WorkerPool;
+use crate::upload::{check_k, sniff_image_type, Limits};
+use crate::{api, pages};
+
+/// The Content-Security-Policy of every answer: only our own scripts, styles and images (plus
+/// `data:` for the query crop and `blob:` for the local preview).
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+img-src 'self' data: blob:; connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
+
+/// Whether the store can answer searches yet: the catalogue and model are loaded once, possibly
+/// after building the index, while the server already answers `/healthz` and `/readyz`.
+#[derive(Default)]
+pub struct Readiness {
+    backend: OnceLock<Arc<dyn Backend>>,
+    phase: Mutex<String>,
+}
+
+impl Readiness {
+    /// Not ready, phase "starting".
+    pub fn new() -> Arc<Readiness> {
+        let readiness = Readiness::default();
+        readiness.set_phase("starting");
+        Arc::new(readiness)
+    }
+
+    /// A ready state around an already loaded backend.
+    pub fn ready(backend: Arc<dyn Backend>) -> Arc<Readiness> {
+        let readiness = Readiness::new();
+        readiness.set_ready(backend);
+        readiness
+    }
+
+    /// Describes what the store is doing while not ready (shown by `/readyz`).
+    pub fn set_phase(&self, phase: impl Into<String>) {
+        *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = phase.into();
+    }
+
+    /// Marks the store ready with this backend (only the first call counts).
+    pub fn set_ready(&self, backend: Arc<dyn Backend>) {
+        if self.backend.set(backend).is_ok() {
+            self.set_phase("ready");
+        }
+    }
+
+    /// The backend, once ready.
+    pub fn backend(&self) -> Option<Arc<dyn Backend>> {
+        self.backend.get().cloned()
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> String {
+        self.phase.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// How the server runs.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Address to listen on, e.g. `127.0.0.1:8080` (port 0 picks a free port).
+    pub bind: String,
+    /// Upload and query limits.
+    pub limits: Limits,
+    /// Inference worker threads.
+    pub inference_workers: usize,
+    /// Inference requests that may wait for a worker before new ones get 503.
+    pub queue: usize,
+    /// HTTP worker threads (async executors).
+    pub http_workers: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> StoreOptions {
+        StoreOptions {
+            bind: "127.0.0.1:8080".to_string(),
+            limits: Limits::default(),
+            inference_workers: 1,
+            queue: 32,
+            http_workers: 2,
+        }
+    }
+}
+
+/// State shared by every handler.
+pub(crate) struct AppState {
+    pub(crate) readiness: Arc<Readiness>,
+    pub(crate) pool: WorkerPool,
+    pub(crate) metrics: Metrics,
+    pub(crate) limits: Limits,
+}
+
+impl AppState {
+    /// The backend, or 503 while starting.
+    pub(crate) fn backend(&self) -> Result<Arc<dyn Backend>, StoreError> {
+        self.readiness
+            .backend()
+            .ok_or_else(|| StoreError::not_ready(&self.readiness.phase()))
+    }
+
+    /// Validates a query, then runs it on the worker pool.
+    pub(crate) async fn search(&self, query: SearchQuery) -> Result<SearchOutcome, StoreError> {
+        if query.image.is_empty() {
+            return Err(StoreError::bad_request("the image field is missing or empty"));
+        }
+        if sniff_image_type(&query.image).is_none() {
+            return Err(StoreError::new(
+                actix_web::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_type",
+                "the upload is not a JPEG, PNG, GIF, WebP or BMP image",
+            ));
+        }
+        check_k(query.k, self.limits.max_k)?;
+        let backend = self.backend()?;
+        let job = self
+            .pool
+            .submit(move || backend.search(&query))
+            .inspect_err(|_| self.metrics.record_rejected())?;
+        let outcome = job.await??;
+        self.metrics.record_inference(outcome.inference_ms / 1000.0);
+        Ok(outcome)
+    }
+
+    /// Item-to-item search on the worker pool.
+    pub(crate) async fn similar(
+        &self,
+        category: String,
+        product: u64,
+        k: usize,
+    ) -> Result<Vec<crate::Hit>, StoreError> {
+        check_k(k, self.limits.max_k)?;
+        let backend = self.backend()?;
+        let job = self
+            .pool
+            .submit(move || backend.similar(&category, product, k))
+            .inspect_err(|_| self.metrics.record_rejected())?;
+        Ok(job.await??)
+    }
+}
+
+/// A server running on its own thread.
+pub struct RunningStore {
+    addr: SocketAddr,
+    handle: ServerHandle,
+    thread: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl RunningStore {
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Waits until the server stops (Ctrl-C or [`RunningStore::stop`]).
+    pub fn wait(mut self) -> std::io::Result<()> {
+        match self.thread.take() {
+            Some(thread) => thread
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("the server thread panicked"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub fn stop(self) -> std::io::Result<()> {
+        let handle = self.handle.clone();
+        actix_web::rt::System::new().block_on(handle.stop(true));
+        self.wait()
+    }
+}
+
+/// Starts the server on its own thread and returns once it listens. Searches are answered
+/// when `readiness` gets a backend; until then they get 503.
+pub fn start(options: StoreOptions, readiness: Arc<Readiness>) -> std::io::Result<RunningStore> {
+    let pool = WorkerPool::new(options.inference_workers, options.queue)?;
+    let state = web::Data::new(AppState {
+        readiness,
+        pool,
+        metrics: Metrics::default(),
+        limits: options.limits,
+    });
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("wtb-http".to_string())
+        .spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let server = HttpServer::new(move || {
+                    App::new()
+                        .app_data(state.clone())
+                        .configure(routes)
+                        .wrap(middleware::from_fn(observe))
+                        .wrap(middleware::Compress::default())
+                })
+                .workers(options.http_workers.max(1))
+                .shutdown_timeout(5);
+                let server = match server.bind(&options.bind) {
+                    Ok(server) => server,
+                    Err(e) => {
+                        let _ = started_tx.send(Err(std::io::Error::new(
+                            e.kind(),
+                            format!("cannot listen on {}: {e}", options.bind),
+                        )));
+                        return Err(e);
+                    }
+                };
+                let addr = server.addrs().first().copied();
+                let running = server.run();
+                let _ = started_tx.send(
+                    addr.map(|a| (a, running.handle()))
+                        .ok_or_else(|| std::io::Error::other("the server has no address")),
+                );
+                running.await
+            })
+        })?;
+    match started_rx.recv() {
+        Ok(Ok((addr, handle))) => {
+            tracing::info!(%addr, "listening");
+            Ok(RunningStore {
+                addr,
+                handle,
+                thread: Some(thread),
+            })
+        }
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => Err(std::io::Error::other("the server thread stopped while starting")),
+    }
+}
+
+fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics))
+        .configure(api::routes)
+        .configure(pages::routes)
+        .default_service(web::to(not_found));
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    match state.readiness.backend() {
+        Some(backend) => HttpResponse::Ok().json(serde_json::json!({
+            "status": "ready",
+            "model": backend.model(),
+        })),
+        None => HttpResponse::ServiceUnavailable()
+            .insert_header((header::RETRY_AFTER, crate::error::RETRY_AFTER_SECONDS.to_string()))
+            .json(serde_json::json!({ "status": "starting", "detail": state.readiness.phase() })),
+    }
+}
+
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(state.metrics.render(
+            state.pool.queued(),
+            state.pool.in_flight(),
+            state.pool.workers(),
+        ))
+}
+
+async fn not_found(req: HttpRequest) -> actix_web::Result<HttpResponse> {
+    let err = StoreError::not_found(format!("there is nothing at {}", req.path()));
+    if req.path().starts_with("/api/") {
+        Err(ApiError(err).into())
+    } else {
+        Err(PageError(err).into())
+    }
+}
+
+/// Adds the security headers and records the request's metrics and log line.
+async fn observe(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let method = req.method().to_string();
+    let state = req.app_data::<web::Data<AppState>>().cloned();
+    let mut response = next.call(req).await?;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    let seconds = started.elapsed().as_secs_f64();
+    let route = response
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "(unmatched)".to_string());
+    let status = response.status().as_u16();
+    if let Some(state) = state {
+        state.metrics.record_request(&method, &route, status, seconds);
+    }
+    tracing::info!(
+        method = %method,
+        path = %response.request().path(),
+        status,
+        ms = seconds * 1000.0,
+        "request"
+    );
+    Ok(response)
+}

@@ -1,0 +1,258 @@
+//! Browser tests: headless Chromium driven over the W3C WebDriver protocol (chromedriver) from
+//! Rust. Upload a photo, draw a box, see 12 result cards, open a product page; screenshots of
+//! the home, results and product pages are saved under the test output folder.
+//! Skipped with a message when chromium or chromedriver is absent.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+/// The key W3C WebDriver uses for element references.
+const ELEMENT: &str = "element-6066-11e4-a6ca-f6d1c84ea7ff";
+
+/// A chromedriver process we started, and one browser session in it.
+struct Browser {
+    driver: Child,
+    base: String,
+    session: String,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    fn launch() -> Result<Browser, String> {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| e.to_string())?
+            .port();
+        let driver = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .arg("--allowed-ips=127.0.0.1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {CHROMEDRIVER}: {e}"))?;
+        let base = format!("http://127.0.0.1:{port}");
+        let mut browser = Browser {
+            driver,
+            base,
+            session: String::new(),
+            _profile: tempfile::tempdir().map_err(|e| e.to_string())?,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while ureq::get(&format!("{}/status", browser.base)).call().is_err() {
+            if Instant::now() > deadline {
+                return Err("chromedriver did not start".into());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let profile = browser._profile.path().display().to_string();
+        let capabilities = json!({ "capabilities": { "alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": CHROMIUM,
+                "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                    "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync",
+                    "--disable-dev-shm-usage", "--window-size=1000,1200",
+                    format!("--user-data-dir={profile}"),
+                ]
+            }
+        } } });
+        let answer = browser.call("POST", "/session", Some(capabilities))?;
+        browser.session = answer["sessionId"]
+            .as_str()
+            .ok_or_else(|| format!("no session id in {answer}"))?
+            .to_string();
+        Ok(browser)
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
+        let url = format!("{}{}", self.base, path);
+        let request = ureq::request(method, &url).timeout(Duration::from_secs(60));
+        let result = match body {
+            Some(body) => request.send_json(body),
+            None => request.call(),
+        };
+        let response = match result {
+            Ok(r) => r,
+            Err(ureq::Error::Status(code, r)) => {
+                return Err(format!("{method} {path}: {code} {}", r.into_string().unwrap_or_default()))
+            }
+            Err(e) => return Err(format!("{method} {path}: {e}")),
+        };
+        let value: Value = response.into_json().map_err(|e| e.to_string())?;
+        Ok(value["value"].clone())
+    }
+
+    fn session_call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        self.call(method, &format!("/session/{}{}", self.session, path), body)
+            .unwrap_or_else(|e| panic!("webdriver: {e}"))
+    }
+
+    fn goto(&self, url: &str) {
+        self.session_call("POST", "/url", Some(json!({ "url": url })));
+    }
+
+    fn find(&self, css: &str) -> String {
+        let value = self.session_call(
+            "POST",
+            "/element",
+            Some(json!({ "using": "css selector", "value": css })),
+        );
+        value[ELEMENT].as_str().unwrap_or_else(|| panic!("no element {css}")).to_string()
+    }
+
+    fn count(&self, css: &str) -> usize {
+        self.session_call(
+            "POST",
+            "/elements",
+            Some(json!({ "using": "css selector", "value": css })),
+        )
+        .as_array()
+        .map_or(0, Vec::len)
+    }
+
+    fn script(&self, source: &str) -> Value {
+        self.session_call("POST", "/execute/sync", Some(json!({ "script": source, "args": [] })))
+    }
+
+    fn wait_until(&self, what: &str, mut check: impl FnMut(&Browser) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !check(self) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn screenshot(&self, path: &Path) {
+        let data = self.session_call("GET", "/screenshot", None);
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(data.as_str().unwrap_or_default())
+            .expect("screenshot is base64");
+        std::fs::write(path, png).expect("write a screenshot");
+        eprintln!("screenshot: {}", path.display());
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if !self.session.is_empty() {
+            let _ = self.call("DELETE", &format!("/session/{}", self.session), None);
+        }
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+fn screenshot_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("wtb-store-screenshots");
+    std::fs::create_dir_all(&dir).expect("create the screenshot folder");
+    dir
+}
+
+#[test]
+fn upload_draw_a_box_see_results_and_open_a_product() {
+    for tool in [CHROMIUM, CHROMEDRIVER] {
+        if !Path::new(tool).exists() {
+            eprintln!("skipping: {tool} not found (install Debian's chromium and chromium-driver)");
+            return;
+        }
+    }
+    let Some(store) = common::store() else { return };
+    let browser = Browser::launch().unwrap_or_else(|e| panic!("cannot start the browser: {e}"));
+    let shots = screenshot_dir();
+
+    // A street photo with its box, so the box we draw is meaningful.
+    let pair = common::records(&store.data, "test_pairs", "bags")[0].clone();
+    let photo_file = store.data.join(format!("photos_resized/{}.jpg", pair.photo));
+
+    browser.goto(&store.url("/"));
+    let input = browser.find("#image-input");
+    browser.session_call(
+        "POST",
+        &format!("/element/{input}/value"),
+        Some(json!({ "text": photo_file.display().to_string() })),
+    );
+    browser.wait_until("the preview", |b| {
+        b.script("var p = document.getElementById('preview'); return p.complete && p.naturalWidth > 0;")
+            == json!(true)
+    });
+
+    // Drag from the box's top-left corner to its bottom-right corner, in displayed pixels.
+    let size = browser.script(
+        "var p = document.getElementById('preview'); return [p.clientWidth, p.clientHeight, p.naturalWidth, p.naturalHeight];",
+    );
+    let [shown_w, shown_h, natural_w, natural_h] =
+        [0, 1, 2, 3].map(|i| size[i].as_f64().expect("preview size"));
+    let bbox = pair.bbox.unwrap();
+    let (sx, sy) = (shown_w / natural_w, shown_h / natural_h);
+    // Pointer offsets are relative to the element's centre.
+    let at = |x: f64, y: f64| ((x * sx - shown_w / 2.0) as i64, (y * sy - shown_h / 2.0) as i64);
+    let (x0, y0) = at(bbox.left + 2.0, bbox.top + 2.0);
+    let (x1, y1) = at(bbox.left + bbox.width - 2.0, bbox.top + bbox.height - 2.0);
+    let preview = browser.find("#preview");
+    let origin = json!({ ELEMENT: preview });
+    browser.session_call(
+        "POST",
+        "/actions",
+        Some(json!({ "actions": [{
+            "type": "pointer", "id": "mouse", "parameters": { "pointerType": "mouse" },
+            "actions": [
+                { "type": "pointerMove", "origin": origin, "x": x0, "y": y0 },
+                { "type": "pointerDown", "button": 0 },
+                { "type": "pointerMove", "origin": origin, "x": (x0 + x1) / 2, "y": (y0 + y1) / 2, "duration": 100 },
+                { "type": "pointerMove", "origin": origin, "x": x1, "y": y1, "duration": 100 },
+                { "type": "pointerUp", "button": 0 }
+            ]
+        }] })),
+    );
+    let sent_box = browser.script("return document.getElementById('bbox').value;");
+    let sent: Vec<f64> = sent_box
+        .as_str()
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    assert_eq!(sent.len(), 4, "box field {sent_box}");
+    // The box drawn on the scaled preview maps back to the photo's pixels, within a few pixels.
+    let tolerance = 4.0 / sx.min(sy) + 4.0;
+    for (got, want) in sent.iter().zip([
+        bbox.left + 2.0,
+        bbox.top + 2.0,
+        bbox.width - 4.0,
+        bbox.height - 4.0,
+    ]) {
+        assert!((got - want).abs() <= tolerance, "box {sent:?} vs label {bbox:?}");
+    }
+    assert_eq!(browser.script("return document.getElementById('box').hidden;"), json!(false));
+    browser.screenshot(&shots.join("home.png"));
+
+    let button = browser.find("#search-button");
+    browser.session_call("POST", &format!("/element/{button}/click"), Some(json!({})));
+    browser.wait_until("12 result cards", |b| b.count(".result-card") == 12);
+    browser.wait_until("result photos", |b| {
+        b.script("return Array.from(document.images).every(function (i) { return i.complete && i.naturalWidth > 0; });")
+            == json!(true)
+    });
+    browser.screenshot(&shots.join("results.png"));
+
+    let link = browser.find(".result-card a");
+    browser.session_call("POST", &format!("/element/{link}/click"), Some(json!({})));
+    browser.wait_until("the product page", |b| b.count("#product-name") == 1);
+    assert!(browser.count("#product-photos img") >= 1);
+    assert_eq!(browser.count(".similar-card"), 12);
+    browser.wait_until("product photos", |b| {
+        b.script("return Array.from(document.images).every(function (i) { return i.complete && i.naturalWidth > 0; });")
+            == json!(true)
+    });
+    browser.screenshot(&shots.join("product.png"));
+}

@@ -1,0 +1,290 @@
+//! The embedder: a loaded model with its preprocessing and pooling, embedding single batches
+//! or whole lists of images through a pipeline that decodes on worker threads.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::{Module, VarBuilder};
+use image::RgbImage;
+use rayon::prelude::*;
+
+use crate::models::{self, Backbone};
+use crate::preprocess::{input_size, preprocess_image};
+use crate::weights::{self, SyntheticWeights, SYNTHETIC_WEIGHTS_ID};
+use crate::{EmbedError, EmbedderConfig, EmbeddingMeta, ModelKind, Pooling};
+
+/// A loaded model with its preprocessing, pooling and normalisation.
+pub struct Embedder {
+    config: EmbedderConfig,
+    meta: EmbeddingMeta,
+    device: Device,
+    backbone: Box<dyn Backbone>,
+}
+
+/// What a pipeline run produced.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EmbedOutcome {
+    /// The ids that were embedded, in input order.
+    pub ids: Vec<String>,
+    /// The vector length.
+    pub dim: usize,
+    /// The vectors, row-major `ids.len() × dim`.
+    pub vectors: Vec<f32>,
+    /// The ids that were skipped, with the reason (undecodable file, empty crop...).
+    pub skipped: Vec<(String, String)>,
+}
+
+impl Embedder {
+    /// Loads the model of `config`: resolves the weights file (see
+    /// [`resolve_weights`](crate::resolve_weights)), records its sha256, reads it (safetensors or
+    /// `.pth`, torchvision/timm/lukemelas layout) and opens the device. A missing or misshapen
+    /// tensor is an error naming it.
+    pub fn load(config: &EmbedderConfig) -> Result<Self, EmbedError> {
+        let path = weights::resolve_weights(config.model, config.weights.as_deref())?;
+        let sha256 = weights::sha256_file(&path)?;
+        let device = config.device.open()?;
+        let vb = weights::open_var_builder(config.model, &path, &device)?;
+        Self::build(config, vb, sha256, device).map_err(|e| match e {
+            EmbedError::Model { source, .. } => EmbedError::Weights { path, source },
+            other => other,
+        })
+    }
+
+    /// Builds the model of `config` with the deterministic synthetic weights of the golden
+    /// tests (`shared/golden/README.md`), ignoring `config.weights`. For wiring tests and
+    /// speed measurements only: the vectors mean nothing.
+    pub fn with_synthetic_weights(config: &EmbedderConfig) -> Result<Self, EmbedError> {
+        let device = config.device.open()?;
+        let vb = VarBuilder::from_backend(Box::new(SyntheticWeights), DType::F32, device.clone());
+        Self::build(config, vb, SYNTHETIC_WEIGHTS_ID.to_string(), device)
+    }
+
+    fn build(config: &EmbedderConfig, vb: VarBuilder, weights_sha256: String, device: Device) -> Result<Self, EmbedError> {
+        let name = config.model.name();
+        let backbone: Box<dyn Backbone> = match config.model {
+            ModelKind::MobileNetV2 => Box::new(models::mobilenet_v2::MobileNetV2::new(vb).map_err(EmbedError::model(name))?),
+            ModelKind::EfficientNetLite0 => {
+                Box::new(models::efficientnet_lite0::EfficientNetLite0::new(vb).map_err(EmbedError::model(name))?)
+            }
+            ModelKind::ResNet50 => Box::new(models::resnet::ResNet50::new(vb).map_err(EmbedError::model(name))?),
+            ModelKind::Vgg16 => Box::new(models::vgg::Vgg16::new(vb).map_err(EmbedError::model(name))?),
+        };
+        let meta = EmbeddingMeta {
+            model: name.to_string(),
+            weights_sha256,
+            preprocess: config.preprocess.name().to_string(),
+            pooling: config.pooling.name(),
+            l2_normalized: config.l2_normalize,
+            dim: config.model.dim(),
+        };
+        Ok(Embedder {
+            config: config.clone(),
+            meta,
+            device,
+            backbone,
+        })
+    }
+
+    /// How the vectors of this embedder are made.
+    pub fn meta(&self) -> &EmbeddingMeta {
+        &self.meta
+    }
+
+    /// The configuration it was built from.
+    pub fn config(&self) -> &EmbedderConfig {
+        &self.config
+    }
+
+    /// The device the model runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Whether the loaded weights include the ImageNet classifier head.
+    pub fn has_classifier(&self) -> bool {
+        self.backbone.classifier().is_some()
+    }
+
+    /// The side of the square input the preprocessing produces.
+    pub fn input_size(&self) -> u32 {
+        input_size(self.config.preprocess, self.config.model)
+    }
+
+    fn model_error(&self) -> impl FnOnce(candle_core::Error) -> EmbedError + '_ {
+        EmbedError::model(self.config.model.name())
+    }
+
+    /// The last feature map (N×C×H×W) of an already preprocessed N×3×H×W input.
+    pub fn feature_map(&self, input: &Tensor) -> Result<Tensor, EmbedError> {
+        let input = input.to_device(&self.device).map_err(self.model_error())?;
+        self.backbone.features(&input).map_err(self.model_error())
+    }
+
+    /// The embeddings (N×D, pooled and normalised as configured) of a preprocessed input.
+    pub fn embed_tensor(&self, input: &Tensor) -> Result<Tensor, EmbedError> {
+        let run = || -> candle_core::Result<Tensor> {
+            let map = self.backbone.features(&input.to_device(&self.device)?)?;
+            let pooled = pool(&map, self.config.pooling)?;
+            if self.config.l2_normalize {
+                let norm = pooled.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12f32, f32::MAX)?;
+                pooled.broadcast_div(&norm)
+            } else {
+                Ok(pooled)
+            }
+        };
+        run().map_err(self.model_error())
+    }
+
+    /// The ImageNet logits (N×1000) of a preprocessed input: the classifier over
+    /// average-pooled features, whatever the configured pooling.
+    pub fn logits_tensor(&self, input: &Tensor) -> Result<Tensor, EmbedError> {
+        let classifier = self.backbone.classifier().ok_or_else(|| EmbedError::NoClassifier {
+            model: self.config.model.name().to_string(),
+            reason: if self.config.model.has_classifier() {
+                "the weights file has no classifier tensors".to_string()
+            } else {
+                "this model is built as a headless feature extractor".to_string()
+            },
+        })?;
+        let run = || -> candle_core::Result<Tensor> {
+            let map = self.backbone.features(&input.to_device(&self.device)?)?;
+            classifier.forward(&pool(&map, Pooling::Avg)?)
+        };
+        run().map_err(self.model_error())
+    }
+
+    fn batch_tensor(&self, prepared: Vec<f32>, n: usize) -> Result<Tensor, EmbedError> {
+        let side = self.input_size() as usize;
+        Tensor::from_vec(prepared, (n, 3, side, side), &self.device).map_err(self.model_error())
+    }
+
+    fn preprocess(&self, image: &RgbImage, index: usize) -> Result<Vec<f32>, EmbedError> {
+        preprocess_image(image, self.config.preprocess, self.config.model)
+            .map_err(|reason| EmbedError::BadImage { index, reason })
+    }
+
+    /// Embeds one batch of decoded images (one vector per image, in order).
+    pub fn embed_images(&self, images: &[RgbImage]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        let prepared: Vec<Vec<f32>> = images
+            .par_iter()
+            .enumerate()
+            .map(|(i, image)| self.preprocess(image, i))
+            .collect::<Result<_, _>>()?;
+        let input = self.batch_tensor(prepared.concat(), images.len())?;
+        let embeddings = self.embed_tensor(&input)?;
+        embeddings.to_vec2::<f32>().map_err(self.model_error())
+    }
+
+    /// The `top` most probable ImageNet classes of an image, as (class index, probability),
+    /// most probable first. Class names: [`imagenet_class_name`](crate::imagenet_class_name).
+    pub fn classify(&self, image: &RgbImage, top: usize) -> Result<Vec<(usize, f32)>, EmbedError> {
+        let input = self.batch_tensor(self.preprocess(image, 0)?, 1)?;
+        let logits = self.logits_tensor(&input)?;
+        let probabilities = candle_nn::ops::softmax(&logits, D::Minus1)
+            .and_then(|p| p.squeeze(0))
+            .and_then(|p| p.to_vec1::<f32>())
+            .map_err(self.model_error())?;
+        let mut ranked: Vec<(usize, f32)> = probabilities.into_iter().enumerate().collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        ranked.truncate(top);
+        Ok(ranked)
+    }
+
+    /// The pipeline of [`embed_jobs`](Self::embed_jobs) over any image source: `load(i)` returns
+    /// image `i` (of `ids.len()`), or why it cannot; it runs on worker threads, and a panic in
+    /// it counts as a failure of that image.
+    pub fn embed_with_loader<F>(
+        &self,
+        ids: &[String],
+        load: F,
+        batch: usize,
+        progress: &dyn Fn(usize, usize),
+    ) -> Result<EmbedOutcome, EmbedError>
+    where
+        F: Fn(usize) -> Result<RgbImage, String> + Sync,
+    {
+        let batch = batch.max(1);
+        let total = ids.len();
+        let (config, model) = (self.config.preprocess, self.config.model);
+        let prepare = |i: usize| -> Result<Vec<f32>, String> {
+            let image = catch_unwind(AssertUnwindSafe(|| load(i)))
+                .unwrap_or_else(|_| Err("the decoder panicked".to_string()))?;
+            preprocess_image(&image, config, model)
+        };
+        // One batch in the channel and one being prepared while the model runs a third.
+        let (sender, receiver) = crossbeam_channel::bounded::<Vec<(usize, Result<Vec<f32>, String>)>>(1);
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                for start in (0..total).step_by(batch) {
+                    let end = (start + batch).min(total);
+                    let prepared: Vec<_> = (start..end).into_par_iter().map(|i| (i, prepare(i))).collect();
+                    if sender.send(prepared).is_err() {
+                        break; // the model side stopped on an error
+                    }
+                }
+            });
+            let mut outcome = EmbedOutcome {
+                dim: self.meta.dim,
+                ..Default::default()
+            };
+            let mut done = 0;
+            for prepared in receiver {
+                done += prepared.len();
+                let mut flat = Vec::new();
+                let mut embedded = Vec::new();
+                for (i, result) in prepared {
+                    match result {
+                        Ok(values) => {
+                            flat.extend_from_slice(&values);
+                            embedded.push(i);
+                        }
+                        Err(reason) => outcome.skipped.push((ids[i].clone(), reason)),
+                    }
+                }
+                if !embedded.is_empty() {
+                    let input = self.batch_tensor(flat, embedded.len())?;
+                    let vectors = self
+                        .embed_tensor(&input)?
+                        .flatten_all()
+                        .and_then(|t| t.to_vec1::<f32>())
+                        .map_err(self.model_error())?;
+                    outcome.vectors.extend_from_slice(&vectors);
+                    outcome.ids.extend(embedded.into_iter().map(|i| ids[i].clone()));
+                }
+                progress(done, total);
+            }
+            Ok(outcome)
+        })
+    }
+}
+
+/// Reduces an N×C×H×W map to N×C.
+fn pool(map: &Tensor, pooling: Pooling) -> candle_core::Result<Tensor> {
+    match pooling {
+        Pooling::Avg => map.mean((2, 3)),
+        Pooling::Max => map.flatten_from(2)?.max(2),
+        Pooling::Gem(p) => map
+            .clamp(1e-6f32, f32::MAX)?
+            .powf(p as f64)?
+            .mean((2, 3))?
+            .powf(1.0 / p as f64),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pooling_reduces_as_documented() {
+        let map = Tensor::new(&[[[[1f32, 2.], [3., 6.]]]], &Device::Cpu).unwrap();
+        let value = |p| pool(&map, p).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
+        assert!((value(Pooling::Avg) - 3.0).abs() < 1e-6);
+        assert!((value(Pooling::Max) - 6.0).abs() < 1e-6);
+        let gem2 = ((1.0f32 + 4.0 + 9.0 + 36.0) / 4.0).sqrt();
+        assert!((value(Pooling::Gem(2.0)) - gem2).abs() < 1e-5);
+    }
+}

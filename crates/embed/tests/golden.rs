@@ -1,0 +1,200 @@
+//! Golden tests: the models against reference outputs in `shared/` (real weights for
+//! MobileNetV2 and EfficientNet-Lite0, the synthetic-weights recipe for ResNet50 and VGG16).
+//! Each skips with a message when the reference files are absent.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use wtb_embed::{imagenet_class_name, Embedder, EmbedderConfig, ModelKind, IMAGENET_MEAN, IMAGENET_STD};
+
+fn shared_file(relative: &str) -> Option<PathBuf> {
+    let root = std::env::var_os("WTB_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared")));
+    let path = root.join(relative);
+    if path.is_file() {
+        Some(path)
+    } else {
+        eprintln!("skipping: {} not found (set WTB_SHARED_DIR)", path.display());
+        None
+    }
+}
+
+fn load(path: &PathBuf) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
+}
+
+fn values(t: &Tensor) -> Vec<f64> {
+    t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.dims(), b.dims());
+    values(a).iter().zip(values(b)).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+}
+
+/// ‖a−b‖/‖b‖ and max|a−b|/max|b|.
+fn relative_errors(a: &Tensor, b: &Tensor) -> (f64, f64) {
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    let (a, b) = (values(a), values(b));
+    let diff: f64 = a.iter().zip(&b).map(|(x, y)| (x - y).powi(2)).sum::<f64>().sqrt();
+    let norm: f64 = b.iter().map(|y| y * y).sum::<f64>().sqrt();
+    let max_diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    let max_b = b.iter().map(|y| y.abs()).fold(0.0, f64::max);
+    (diff / norm, max_diff / max_b)
+}
+
+fn real_weights_embedder(model: ModelKind, file: &str) -> Option<Embedder> {
+    let weights = shared_file(&format!("models/{file}"))?;
+    let mut config = EmbedderConfig::new(model);
+    config.weights = Some(weights);
+    Some(Embedder::load(&config).unwrap())
+}
+
+#[test]
+fn mobilenet_v2_matches_reference_embedding_and_logits() {
+    let (Some(reference), Some(embedder)) = (
+        shared_file("models/reference_cat_224.safetensors"),
+        real_weights_embedder(ModelKind::MobileNetV2, "mobilenet_v2_torchvision_imagenet1k.safetensors"),
+    ) else {
+        return;
+    };
+    let reference = load(&reference);
+    let input = &reference["input"];
+    let embedding = embedder.embed_tensor(input).unwrap();
+    let diff = max_abs_diff(&embedding, &reference["mobilenet_v2.embedding"]);
+    assert!(diff <= 1e-3, "embedding max abs diff {diff}");
+    let logits = embedder.logits_tensor(input).unwrap();
+    let diff = max_abs_diff(&logits, &reference["mobilenet_v2.logits"]);
+    assert!(diff <= 1e-3, "logits max abs diff {diff}");
+}
+
+#[test]
+fn efficientnet_lite0_matches_reference_logits() {
+    let (Some(reference), Some(embedder)) = (
+        shared_file("models/reference_cat_224.safetensors"),
+        real_weights_embedder(ModelKind::EfficientNetLite0, "efficientnet_lite0_imagenet1k.safetensors"),
+    ) else {
+        return;
+    };
+    let reference = load(&reference);
+    let logits = embedder.logits_tensor(&reference["input"]).unwrap();
+    let diff = max_abs_diff(&logits, &reference["efficientnet_lite0.logits"]);
+    assert!(diff <= 1e-3, "logits max abs diff {diff}");
+}
+
+#[test]
+fn cat_bmp_through_torchvision_preprocessing_is_an_egyptian_cat() {
+    let Some(cat) = shared_file("models/cat.bmp") else {
+        return;
+    };
+    let image = image::open(&cat).unwrap().to_rgb8();
+    for (model, file) in [
+        (ModelKind::MobileNetV2, "mobilenet_v2_torchvision_imagenet1k.safetensors"),
+        (ModelKind::EfficientNetLite0, "efficientnet_lite0_imagenet1k.safetensors"),
+    ] {
+        let Some(embedder) = real_weights_embedder(model, file) else {
+            return;
+        };
+        let top = embedder.classify(&image, 5).unwrap();
+        assert_eq!(imagenet_class_name(top[0].0), Some("Egyptian cat"), "{model}: {top:?}");
+    }
+}
+
+#[test]
+fn torchvision_preprocessing_reproduces_the_reference_input() {
+    let (Some(cat), Some(reference)) = (
+        shared_file("models/cat.bmp"),
+        shared_file("models/reference_cat_224.safetensors"),
+    ) else {
+        return;
+    };
+    let image = image::open(&cat).unwrap().to_rgb8();
+    let ours = wtb_embed::preprocess_image(&image, wtb_embed::Preprocess::Torchvision, ModelKind::MobileNetV2).unwrap();
+    let ours = Tensor::from_vec(ours, (1, 3, 224, 224), &Device::Cpu).unwrap();
+    let reference = load(&reference);
+    let (rel_l2, _) = relative_errors(&ours, &reference["input"]);
+    // PIL and fast_image_resize round their bilinear filters differently, by at most a few
+    // levels of 255; the relative L2 stays far below any wiring bug (crop offset, BGR, resize).
+    eprintln!("preprocessing vs reference input: relative L2 {rel_l2:.2e}");
+    assert!(rel_l2 < 1e-2, "relative L2 {rel_l2}");
+}
+
+/// The normalised synthetic input of a golden case: the recipe's stream "input" with `seed`.
+fn golden_input(shape: (usize, usize, usize, usize), seed: u64) -> Tensor {
+    fn fnv1a64(s: &str) -> u64 {
+        s.bytes()
+            .fold(0xcbf29ce484222325, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+    }
+    let (n, c, h, w) = shape;
+    let mut state = seed ^ fnv1a64("input");
+    let values: Vec<f32> = (0..n * c * h * w)
+        .map(|i| {
+            state = state.wrapping_add(0x9e3779b97f4a7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
+            z ^= z >> 31;
+            let u = (z >> 40) as f64 / 16777216.0;
+            let channel = (i / (h * w)) % 3;
+            ((u - IMAGENET_MEAN[channel] as f64) / IMAGENET_STD[channel] as f64) as f32
+        })
+        .collect();
+    Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+}
+
+const CASES: [(&str, (usize, usize, usize, usize), u64); 3] = [
+    ("case1", (2, 3, 224, 224), 2),
+    ("case2", (1, 3, 160, 96), 3),
+    ("case3", (1, 3, 99, 75), 4),
+];
+
+fn assert_close(what: &str, ours: &Tensor, golden: &Tensor) {
+    let (rel_l2, rel_max) = relative_errors(ours, golden);
+    assert!(rel_l2 <= 1e-4 && rel_max <= 1e-4, "{what}: relative L2 {rel_l2:.2e}, relative max {rel_max:.2e}");
+}
+
+#[test]
+fn resnet50_with_synthetic_weights_matches_torchvision() {
+    let Some(golden) = shared_file("golden/golden_resnet50_vgg16.safetensors") else {
+        return;
+    };
+    let golden = load(&golden);
+    let embedder = Embedder::with_synthetic_weights(&EmbedderConfig::new(ModelKind::ResNet50)).unwrap();
+    for (case, shape, seed) in CASES {
+        let input = golden_input(shape, seed);
+        let map = embedder.feature_map(&input).unwrap();
+        let want_shape: Vec<i64> = golden[&format!("resnet50.layer4_shape.{case}")].to_vec1().unwrap();
+        let got_shape: Vec<i64> = map.dims().iter().map(|d| *d as i64).collect();
+        assert_eq!(got_shape, want_shape, "{case} layer4 shape");
+        if let Some(full) = golden.get(&format!("resnet50.layer4.{case}")) {
+            assert_close(&format!("resnet50 layer4 {case}"), &map, full);
+        }
+        let pooled = embedder.embed_tensor(&input).unwrap();
+        assert_close(&format!("resnet50 pooled {case}"), &pooled, &golden[&format!("resnet50.pooled.{case}")]);
+        let logits = embedder.logits_tensor(&input).unwrap();
+        assert_close(&format!("resnet50 logits {case}"), &logits, &golden[&format!("resnet50.logits.{case}")]);
+    }
+}
+
+#[test]
+fn vgg16_with_synthetic_weights_matches_torchvision() {
+    let Some(golden) = shared_file("golden/golden_resnet50_vgg16.safetensors") else {
+        return;
+    };
+    let golden = load(&golden);
+    let embedder = Embedder::with_synthetic_weights(&EmbedderConfig::new(ModelKind::Vgg16)).unwrap();
+    for (case, shape, seed) in CASES {
+        let input = golden_input(shape, seed);
+        let map = embedder.feature_map(&input).unwrap();
+        let want_shape: Vec<i64> = golden[&format!("vgg16.features_shape.{case}")].to_vec1().unwrap();
+        let got_shape: Vec<i64> = map.dims().iter().map(|d| *d as i64).collect();
+        assert_eq!(got_shape, want_shape, "{case} features shape");
+        if let Some(full) = golden.get(&format!("vgg16.features.{case}")) {
+            assert_close(&format!("vgg16 features {case}"), &map, full);
+        }
+        let pooled = embedder.embed_tensor(&input).unwrap();
+        assert_close(&format!("vgg16 pooled {case}"), &pooled, &golden[&format!("vgg16.pooled.{case}")]);
+    }
+}

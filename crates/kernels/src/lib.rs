@@ -1,0 +1,59 @@
+//! Fast CPU inference for the embedding CNNs (MobileNetV2, EfficientNet-Lite0, ResNet50).
+//!
+//! A [`Plan`] is compiled once from the same `VarBuilder` weights (same tensor names) as the
+//! candle models: BatchNorm is folded into the convolution weights, bias, ReLU/ReLU6 and the
+//! residual add are fused into the kernel that produces them, activations are NHWC so that
+//! every 1×1 convolution is one GEMM (`gemm` crate, AVX-512 kernels where the CPU has them),
+//! dense convolutions run as im2col + GEMM per tile, depthwise convolutions run a direct
+//! vectorised kernel, and activation buffers are planned once per input shape and reused.
+//! Work is split over batch and space on the rayon pool.
+//!
+//! [`Reference`] runs the same networks with stock candle ops, op by op; both have a
+//! `profile` that reports time per layer type ([`Profile`]).
+//!
+//! The kernels are public too ([`kernels`]):
+//!
+//! ```
+//! use wtb_kernels::kernels::{depthwise_conv, Activation, Nhwc, Window};
+//!
+//! // One 4×4 image with 2 channels, a 3×3 depthwise filter that sums its window, stride 2.
+//! let dims = Nhwc { n: 1, h: 4, w: 4, c: 2 };
+//! let input = vec![1.0f32; dims.len()];
+//! let win = Window::symmetric(4, 4, 3, 2, 1)?;
+//! let weights = vec![1.0f32; 9 * 2]; // [tap, channel]
+//! let mut out = vec![0.0f32; 2 * 2 * 2];
+//! depthwise_conv(&input, dims, win, &weights, &[0.5, -100.0], Activation::Relu, &mut out)?;
+//! // Top-left output sees a 2×2 corner of ones (+0.5); channel 1 is clipped by the ReLU.
+//! assert_eq!(&out[..2], &[4.5, 0.0]);
+//! # Ok::<(), wtb_kernels::KernelError>(())
+//! ```
+//!
+//! With real weights (runs when `../shared` is present):
+//!
+//! ```
+//! use candle_core::{DType, Device, Tensor};
+//! use candle_nn::VarBuilder;
+//! use wtb_kernels::Plan;
+//!
+//! let path = "../../../shared/models/mobilenet_v2_torchvision_imagenet1k.safetensors";
+//! if std::path::Path::new(path).exists() {
+//!     let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, &Device::Cpu)? };
+//!     let plan = Plan::mobilenet_v2(vb)?;
+//!     let images = Tensor::zeros((2, 3, 224, 224), DType::F32, &Device::Cpu)?;
+//!     assert_eq!(plan.features(&images)?.dims(), &[2, 1280]);
+//!     assert_eq!(plan.logits(&images)?.dims(), &[2, 1000]);
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod arch;
+mod error;
+pub mod kernels;
+mod plan;
+mod profile;
+mod reference;
+
+pub use error::{KernelError, Result};
+pub use plan::{fold_batch_norm, Plan};
+pub use profile::{Profile, Stage};
+pub use reference::Reference;

@@ -1,0 +1,137 @@
+//! Time per layer type, for the fast plan and the plain candle reference alike.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// A kind of work a forward pass spends time on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Stage {
+    /// Dense k×k convolutions (the stem, ResNet 3×3 and 7×7).
+    Dense,
+    /// 1×1 stride-1 convolutions.
+    Pointwise,
+    /// 1×1 convolutions with stride (ResNet downsample).
+    StridedPointwise,
+    /// Depthwise convolutions.
+    Depthwise,
+    /// BatchNorm (folded away in the fast plan).
+    BatchNorm,
+    /// Activations (fused in the fast plan).
+    Activation,
+    /// Residual additions (fused in the fast plan).
+    ResidualAdd,
+    /// Max pooling (and its padding).
+    MaxPool,
+    /// Global average pooling.
+    GlobalPool,
+    /// The fully connected classifier.
+    Classifier,
+    /// Layout changes (NCHW → NHWC of the input, padding copies).
+    Layout,
+    /// Allocation or lookup of the activation buffers.
+    Alloc,
+}
+
+impl Stage {
+    /// Human-readable name.
+    pub fn label(self) -> &'static str {
+        match self {
+            Stage::Dense => "dense conv (stem, 3x3, 7x7)",
+            Stage::Pointwise => "1x1 conv",
+            Stage::StridedPointwise => "1x1 conv, strided",
+            Stage::Depthwise => "depthwise conv",
+            Stage::BatchNorm => "batch norm",
+            Stage::Activation => "activation",
+            Stage::ResidualAdd => "residual add",
+            Stage::MaxPool => "max pool",
+            Stage::GlobalPool => "global avg pool",
+            Stage::Classifier => "classifier",
+            Stage::Layout => "layout change",
+            Stage::Alloc => "buffers / allocation",
+        }
+    }
+}
+
+/// Accumulated time per [`Stage`] over `runs` forward passes.
+#[derive(Clone, Debug)]
+pub struct Profile {
+    /// Network name.
+    pub network: String,
+    /// Which path was profiled.
+    pub path: String,
+    /// Completed forward passes.
+    pub runs: usize,
+    /// `(stage, total time, calls)`, in first-seen order.
+    pub stages: Vec<(Stage, Duration, usize)>,
+    enabled: bool,
+}
+
+impl Profile {
+    pub(crate) fn enabled(network: &str, path: &str) -> Self {
+        Self {
+            network: network.to_string(),
+            path: path.to_string(),
+            runs: 0,
+            stages: Vec::new(),
+            enabled: true,
+        }
+    }
+
+    pub(crate) fn disabled() -> Self {
+        Self {
+            enabled: false,
+            ..Self::enabled("", "")
+        }
+    }
+
+    /// Adds the time since `start` to `stage`.
+    pub(crate) fn add(&mut self, stage: Stage, start: Instant) {
+        if !self.enabled {
+            return;
+        }
+        let d = start.elapsed();
+        match self.stages.iter_mut().find(|(s, _, _)| *s == stage) {
+            Some(entry) => {
+                entry.1 += d;
+                entry.2 += 1;
+            }
+            None => self.stages.push((stage, d, 1)),
+        }
+    }
+
+    /// Total time of all stages divided by the number of runs.
+    pub fn per_run(&self) -> Duration {
+        let total: Duration = self.stages.iter().map(|(_, d, _)| *d).sum();
+        total / self.runs.max(1) as u32
+    }
+}
+
+impl fmt::Display for Profile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let runs = self.runs.max(1) as f64;
+        let total: f64 = self.stages.iter().map(|(_, d, _)| d.as_secs_f64()).sum();
+        writeln!(
+            f,
+            "{} / {}: {:.2} ms per run over {} runs",
+            self.network,
+            self.path,
+            total * 1e3 / runs,
+            self.runs
+        )?;
+        writeln!(f, "  {:<30} {:>10} {:>7} {:>8}", "stage", "ms/run", "share", "calls/run")?;
+        let mut rows = self.stages.clone();
+        rows.sort_by(|a, b| b.1.cmp(&a.1));
+        for (stage, d, calls) in rows {
+            let s = d.as_secs_f64();
+            writeln!(
+                f,
+                "  {:<30} {:>10.3} {:>6.1}% {:>8.1}",
+                stage.label(),
+                s * 1e3 / runs,
+                100.0 * s / total.max(f64::MIN_POSITIVE),
+                calls as f64 / runs
+            )?;
+        }
+        Ok(())
+    }
+}

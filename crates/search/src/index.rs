@@ -1,0 +1,767 @@
+//! The on-disk index: photos with their product keys, vectors in segments, tombstones, and
+//! one versioned, checksummed file loaded by memory map.
+//!
+//! File layout (little-endian):
+//!
+//! | bytes | what |
+//! |---|---|
+//! | 0..8 | magic `WTBINDX\0` |
+//! | 8..12 | format version (u32) |
+//! | 12..16 | header length H (u32) |
+//! | 16..16+H | header (JSON): dimension, precision, embedding metadata, categories, section offsets |
+//! | 64-aligned | per segment: matrix (f32/f16 rows), squared norms (f32) |
+//! | 64-aligned | columns over all rows: photo ids (u64), product ids (u64), category ids (u32), deleted flags (u8) |
+//! | 64-aligned | optional approximate-index (HNSW) blob |
+//! | last 32 | SHA-256 of every byte before it |
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use crate::gallery::{Gallery, Precision, Selection};
+use crate::metric::Metric;
+use crate::topk::{Entry, TopK};
+use crate::{Filter, ProductHit, SearchError, SearchRequest, VectorSearch};
+
+/// Version of the file format written by this crate; other versions are refused.
+pub const FORMAT_VERSION: u32 = 1;
+const MAGIC: &[u8; 8] = b"WTBINDX\0";
+const ALIGN: usize = 64;
+const CHECKSUM_LEN: usize = 32;
+
+/// One photo of the gallery: which product of which category it shows.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct PhotoRecord {
+    /// Category of the product.
+    pub category: String,
+    /// Product id (unique within its category only).
+    pub product: u64,
+    /// Photo id (unique in the index among live photos).
+    pub photo: u64,
+}
+
+/// Summary of one segment.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct SegmentInfo {
+    /// Rows stored in the segment.
+    pub rows: usize,
+    /// Rows of the segment marked deleted.
+    pub deleted: usize,
+}
+
+/// Summary of an index, for `wtb index info` and for logs.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct IndexInfo {
+    /// File format version.
+    pub format_version: u32,
+    /// Vector dimension.
+    pub dim: usize,
+    /// Storage precision.
+    pub precision: Precision,
+    /// Live photos.
+    pub photos: usize,
+    /// Rows marked deleted, waiting for compaction.
+    pub deleted: usize,
+    /// Distinct live (category, product) keys.
+    pub products: usize,
+    /// Live photos per category.
+    pub photos_per_category: BTreeMap<String, usize>,
+    /// Segments, oldest first.
+    pub segments: Vec<SegmentInfo>,
+    /// Embedding metadata given when the index was created.
+    pub meta: BTreeMap<String, String>,
+}
+
+/// A gallery of product photos: vectors in segments plus per-row photo, product and category,
+/// with tombstones for deleted rows. Search returns one hit per (category, product).
+#[derive(Clone, Debug)]
+pub struct Index {
+    dim: usize,
+    precision: Precision,
+    meta: BTreeMap<String, String>,
+    segments: Vec<Gallery>,
+    categories: Vec<String>,
+    category_ids: Vec<u32>,
+    products: Vec<u64>,
+    photos: Vec<u64>,
+    deleted: Vec<bool>,
+    /// Dense ordinal of each row's (category, product): the dedup group.
+    product_ordinals: Vec<u32>,
+    ordinal_of: HashMap<(u32, u64), u32>,
+    live_photo_rows: HashMap<u64, usize>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Header {
+    format: String,
+    dim: usize,
+    precision: Precision,
+    meta: BTreeMap<String, String>,
+    categories: Vec<String>,
+    rows: usize,
+    segments: Vec<SegmentHeader>,
+    photos_offset: usize,
+    products_offset: usize,
+    category_ids_offset: usize,
+    deleted_offset: usize,
+    file_len: usize,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SegmentHeader {
+    rows: usize,
+    matrix_offset: usize,
+    norms_offset: usize,
+}
+
+impl Index {
+    /// An empty index for vectors of dimension `dim`, tagged with the embedding metadata
+    /// (model, weights hash, preprocessing...) that `load` will check.
+    pub fn new(
+        dim: usize,
+        precision: Precision,
+        meta: BTreeMap<String, String>,
+    ) -> Result<Index, SearchError> {
+        if dim == 0 {
+            return Err(SearchError::ZeroDimension);
+        }
+        Ok(Index {
+            dim,
+            precision,
+            meta,
+            segments: Vec::new(),
+            categories: Vec::new(),
+            category_ids: Vec::new(),
+            products: Vec::new(),
+            photos: Vec::new(),
+            deleted: Vec::new(),
+            product_ordinals: Vec::new(),
+            ordinal_of: HashMap::new(),
+            live_photo_rows: HashMap::new(),
+        })
+    }
+
+    /// The embedding metadata of the index.
+    pub fn meta(&self) -> &BTreeMap<String, String> {
+        &self.meta
+    }
+
+    /// Storage precision of the vectors.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Whether a live photo with this id is in the index.
+    pub fn contains_photo(&self, photo: u64) -> bool {
+        self.live_photo_rows.contains_key(&photo)
+    }
+
+    /// Adds photos (row-major `vectors`, one row per record) as a new segment.
+    ///
+    /// Refuses the whole batch if a photo id is already live or repeats within the batch.
+    pub fn add(&mut self, records: &[PhotoRecord], vectors: &[f32]) -> Result<(), SearchError> {
+        if vectors.len() % self.dim != 0 {
+            return Err(SearchError::DimensionMismatch {
+                expected: self.dim,
+                found: vectors.len(),
+            });
+        }
+        if vectors.len() / self.dim != records.len() {
+            return Err(SearchError::RecordCount {
+                records: records.len(),
+                vectors: vectors.len() / self.dim,
+            });
+        }
+        let mut batch = HashSet::new();
+        for record in records {
+            if let Some(&row) = self.live_photo_rows.get(&record.photo) {
+                return Err(SearchError::DuplicatePhoto {
+                    photo: record.photo,
+                    category: self.categories[self.category_ids[row] as usize].clone(),
+                    product: self.products[row],
+                });
+            }
+            if !batch.insert(record.photo) {
+                return Err(SearchError::DuplicatePhoto {
+                    photo: record.photo,
+                    category: record.category.clone(),
+                    product: record.product,
+                });
+            }
+        }
+        if records.is_empty() {
+            return Ok(());
+        }
+        let gallery = Gallery::new(self.dim, vectors.to_vec(), self.precision)?;
+        for record in records {
+            let category = match self.categories.iter().position(|c| *c == record.category) {
+                Some(id) => id as u32,
+                None => {
+                    self.categories.push(record.category.clone());
+                    (self.categories.len() - 1) as u32
+                }
+            };
+            self.push_row(category, record.product, record.photo, false);
+        }
+        self.segments.push(gallery);
+        Ok(())
+    }
+
+    fn push_row(&mut self, category: u32, product: u64, photo: u64, deleted: bool) {
+        let row = self.photos.len();
+        let next = self.ordinal_of.len() as u32;
+        let ordinal = *self.ordinal_of.entry((category, product)).or_insert(next);
+        self.category_ids.push(category);
+        self.products.push(product);
+        self.photos.push(photo);
+        self.deleted.push(deleted);
+        self.product_ordinals.push(ordinal);
+        if !deleted {
+            self.live_photo_rows.insert(photo, row);
+        }
+    }
+
+    /// Marks every live photo of these (category, product) keys deleted; returns how many.
+    pub fn remove_products(&mut self, keys: &[(String, u64)]) -> usize {
+        let wanted: HashSet<(u32, u64)> = keys
+            .iter()
+            .filter_map(|(category, product)| {
+                let id = self.categories.iter().position(|c| c == category)?;
+                Some((id as u32, *product))
+            })
+            .collect();
+        let rows: Vec<usize> = (0..self.photos.len())
+            .filter(|&row| {
+                !self.deleted[row] && wanted.contains(&(self.category_ids[row], self.products[row]))
+            })
+            .collect();
+        self.delete_rows(&rows)
+    }
+
+    /// Marks these photos deleted; returns how many were live.
+    pub fn remove_photos(&mut self, photos: &[u64]) -> usize {
+        let rows: Vec<usize> = photos
+            .iter()
+            .filter_map(|p| self.live_photo_rows.get(p).copied())
+            .collect();
+        self.delete_rows(&rows)
+    }
+
+    fn delete_rows(&mut self, rows: &[usize]) -> usize {
+        for &row in rows {
+            self.deleted[row] = true;
+            self.live_photo_rows.remove(&self.photos[row]);
+        }
+        rows.len()
+    }
+
+    /// Rewrites the index as one segment without deleted rows (row order is kept).
+    pub fn compact(&mut self) -> Result<(), SearchError> {
+        let mut values = Vec::with_capacity(self.len() * self.dim);
+        let mut buf = Vec::new();
+        let mut kept = Vec::new();
+        let mut row = 0;
+        for segment in &self.segments {
+            for i in 0..segment.len() {
+                if !self.deleted[row] {
+                    values.extend_from_slice(segment.row_f32(i, &mut buf));
+                    kept.push(row);
+                }
+                row += 1;
+            }
+        }
+        let mut fresh = Index::new(self.dim, self.precision, self.meta.clone())?;
+        // Categories keep their ids; only those still used survive.
+        let used: HashSet<u32> = kept.iter().map(|&r| self.category_ids[r]).collect();
+        let mut remap = HashMap::new();
+        for (id, name) in self.categories.iter().enumerate() {
+            if used.contains(&(id as u32)) {
+                remap.insert(id as u32, fresh.categories.len() as u32);
+                fresh.categories.push(name.clone());
+            }
+        }
+        for &r in &kept {
+            let category = remap.get(&self.category_ids[r]).copied().unwrap_or(0);
+            fresh.push_row(category, self.products[r], self.photos[r], false);
+        }
+        if !kept.is_empty() {
+            // Values were stored at this precision already, so re-encoding is lossless.
+            fresh
+                .segments
+                .push(Gallery::new(self.dim, values, self.precision)?);
+        }
+        *self = fresh;
+        Ok(())
+    }
+
+    /// A summary of the index.
+    pub fn info(&self) -> IndexInfo {
+        let mut photos_per_category = BTreeMap::new();
+        let mut products = HashSet::new();
+        for row in 0..self.photos.len() {
+            if !self.deleted[row] {
+                let category = &self.categories[self.category_ids[row] as usize];
+                *photos_per_category.entry(category.clone()).or_insert(0) += 1;
+                products.insert(self.product_ordinals[row]);
+            }
+        }
+        let mut segments = Vec::new();
+        let mut start = 0;
+        for segment in &self.segments {
+            let end = start + segment.len();
+            segments.push(SegmentInfo {
+                rows: segment.len(),
+                deleted: self.deleted[start..end].iter().filter(|d| **d).count(),
+            });
+            start = end;
+        }
+        IndexInfo {
+            format_version: FORMAT_VERSION,
+            dim: self.dim,
+            precision: self.precision,
+            photos: self.len(),
+            deleted: self.photos.len() - self.len(),
+            products: products.len(),
+            photos_per_category,
+            segments,
+            meta: self.meta.clone(),
+        }
+    }
+
+    /// The live photos, in row order.
+    pub fn records(&self) -> Vec<PhotoRecord> {
+        (0..self.photos.len())
+            .filter(|&row| !self.deleted[row])
+            .map(|row| self.record(row))
+            .collect()
+    }
+
+    fn record(&self, row: usize) -> PhotoRecord {
+        PhotoRecord {
+            category: self.categories[self.category_ids[row] as usize].clone(),
+            product: self.products[row],
+            photo: self.photos[row],
+        }
+    }
+
+    fn allowed_rows(&self, filter: &Filter) -> Vec<bool> {
+        let category_ok: Vec<bool> = self
+            .categories
+            .iter()
+            .map(|c| filter.categories.is_empty() || filter.categories.contains(c))
+            .collect();
+        (0..self.photos.len())
+            .map(|row| {
+                !self.deleted[row]
+                    && category_ok[self.category_ids[row] as usize]
+                    && (filter.products.is_empty()
+                        || filter.allows(
+                            &self.categories[self.category_ids[row] as usize],
+                            self.products[row],
+                        ))
+            })
+            .collect()
+    }
+
+    fn exact(&self, queries: &[f32], request: &SearchRequest) -> Result<Vec<Vec<ProductHit>>, SearchError> {
+        if queries.len() % self.dim != 0 {
+            return Err(SearchError::DimensionMismatch {
+                expected: self.dim,
+                found: queries.len(),
+            });
+        }
+        let n_queries = queries.len() / self.dim;
+        let allowed = self.allowed_rows(&request.filter);
+        let mut tops: Vec<TopK> = (0..n_queries).map(|_| TopK::new(request.k, true)).collect();
+        let mut start = 0;
+        for segment in &self.segments {
+            let end = start + segment.len();
+            let selection = Selection {
+                groups: Some(&self.product_ordinals[start..end]),
+                allowed: Some(&allowed[start..end]),
+            };
+            let found = segment.select(queries, request.k, request.metric, selection)?;
+            for (top, entries) in tops.iter_mut().zip(found) {
+                for entry in entries {
+                    top.offer(Entry {
+                        pos: entry.pos + start,
+                        ..entry
+                    });
+                }
+            }
+            start = end;
+        }
+        Ok(tops
+            .into_iter()
+            .map(|top| {
+                top.into_sorted()
+                    .into_iter()
+                    .map(|e| {
+                        let record = self.record(e.pos);
+                        ProductHit {
+                            category: record.category,
+                            product: record.product,
+                            photo: record.photo,
+                            score: e.score,
+                        }
+                    })
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// Writes the index to `path` atomically (temporary file in the same folder, fsync, rename).
+    pub fn save(&self, path: &Path) -> Result<(), SearchError> {
+        let io = |source| SearchError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let rows = self.photos.len();
+        let mut cursor = 0usize;
+        let mut place = |bytes: usize| {
+            let at = cursor;
+            cursor = (cursor + bytes).div_ceil(ALIGN) * ALIGN;
+            at
+        };
+        let segments: Vec<SegmentHeader> = self
+            .segments
+            .iter()
+            .map(|s| SegmentHeader {
+                rows: s.len(),
+                matrix_offset: place(s.value_bytes().len()),
+                norms_offset: place(s.len() * 4),
+            })
+            .collect();
+        let photos_offset = place(rows * 8);
+        let products_offset = place(rows * 8);
+        let category_ids_offset = place(rows * 4);
+        let deleted_offset = place(rows);
+        let data_len = cursor;
+        let mut header = Header {
+            format: "wtb-index".to_string(),
+            dim: self.dim,
+            precision: self.precision,
+            meta: self.meta.clone(),
+            categories: self.categories.clone(),
+            rows,
+            segments,
+            photos_offset,
+            products_offset,
+            category_ids_offset,
+            deleted_offset,
+            file_len: 0,
+        };
+        // The header's own length enters file_len; its digit count can change its length, so
+        // settle it in two passes.
+        let mut header_json = serde_json::to_vec(&header).map_err(|e| SearchError::Internal(e.to_string()))?;
+        for _ in 0..2 {
+            let data_start = (16 + header_json.len()).div_ceil(ALIGN) * ALIGN;
+            header.file_len = data_start + data_len + CHECKSUM_LEN;
+            header_json = serde_json::to_vec(&header).map_err(|e| SearchError::Internal(e.to_string()))?;
+        }
+        let data_start = (16 + header_json.len()).div_ceil(ALIGN) * ALIGN;
+        if data_start + data_len + CHECKSUM_LEN != header.file_len {
+            return Err(SearchError::Internal("index header length did not settle".into()));
+        }
+
+        let mut writer = AtomicFile::create(path).map_err(io)?;
+        let mut out = HashingWriter {
+            inner: std::io::BufWriter::with_capacity(1 << 20, writer.file()),
+            hasher: Sha256::new(),
+            written: 0,
+        };
+        let result: std::io::Result<()> = (|| {
+            out.write_all(MAGIC)?;
+            out.write_all(&FORMAT_VERSION.to_le_bytes())?;
+            out.write_all(&(header_json.len() as u32).to_le_bytes())?;
+            out.write_all(&header_json)?;
+            out.pad_to(data_start)?;
+            for (segment, sh) in self.segments.iter().zip(&header.segments) {
+                out.pad_to(data_start + sh.matrix_offset)?;
+                out.write_all(segment.value_bytes())?;
+                out.pad_to(data_start + sh.norms_offset)?;
+                for v in segment.sq_norms() {
+                    out.write_all(&v.to_le_bytes())?;
+                }
+            }
+            out.pad_to(data_start + photos_offset)?;
+            for v in &self.photos {
+                out.write_all(&v.to_le_bytes())?;
+            }
+            out.pad_to(data_start + products_offset)?;
+            for v in &self.products {
+                out.write_all(&v.to_le_bytes())?;
+            }
+            out.pad_to(data_start + category_ids_offset)?;
+            for v in &self.category_ids {
+                out.write_all(&v.to_le_bytes())?;
+            }
+            out.pad_to(data_start + deleted_offset)?;
+            let flags: Vec<u8> = self.deleted.iter().map(|d| u8::from(*d)).collect();
+            out.write_all(&flags)?;
+            out.pad_to(data_start + data_len)?;
+            let digest = out.hasher.clone().finalize();
+            out.inner.write_all(&digest)?;
+            out.inner.flush()?;
+            Ok(())
+        })();
+        drop(out);
+        result.map_err(io)?;
+        writer.commit().map_err(io)
+    }
+
+    /// Opens an index file by memory map, verifying its format version and checksum, and,
+    /// when `expected_meta` is given, that it was built with that embedding.
+    pub fn load(path: &Path, expected_meta: Option<&BTreeMap<String, String>>) -> Result<Index, SearchError> {
+        let corrupt = |reason: String| SearchError::Corrupt {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let file = File::open(path).map_err(|source| SearchError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        // SAFETY: the map is read-only; the index files we write are replaced by rename, never
+        // modified in place, so the mapped bytes do not change under us.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| SearchError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let map = Arc::new(map);
+        let bytes: &[u8] = &map;
+        if bytes.len() < 16 {
+            return Err(corrupt(format!("file is only {} bytes (truncated?)", bytes.len())));
+        }
+        if &bytes[..8] != MAGIC {
+            return Err(corrupt("missing the WTBINDX signature".into()));
+        }
+        let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+        if version != FORMAT_VERSION {
+            return Err(corrupt(format!(
+                "format version {version}, this program reads version {FORMAT_VERSION}"
+            )));
+        }
+        let header_len = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]) as usize;
+        let header_bytes = bytes
+            .get(16..16 + header_len)
+            .ok_or_else(|| corrupt(format!("file is {} bytes, shorter than its header (truncated)", bytes.len())))?;
+        let header: Header = serde_json::from_slice(header_bytes)
+            .map_err(|e| corrupt(format!("unreadable header: {e}")))?;
+        if header.file_len != bytes.len() {
+            return Err(corrupt(format!(
+                "file is {} bytes but its header says {} (truncated or appended to)",
+                bytes.len(),
+                header.file_len
+            )));
+        }
+        let body_len = bytes.len() - CHECKSUM_LEN;
+        let digest = Sha256::digest(&bytes[..body_len]);
+        if digest.as_slice() != &bytes[body_len..] {
+            return Err(corrupt("checksum mismatch (the file is corrupted)".into()));
+        }
+        if let Some(expected) = expected_meta {
+            let differences = meta_differences(&header.meta, expected);
+            if !differences.is_empty() {
+                return Err(SearchError::MetadataMismatch {
+                    path: path.to_path_buf(),
+                    differences,
+                });
+            }
+        }
+        if header.dim == 0 {
+            return Err(corrupt("dimension 0".into()));
+        }
+        let data_start = (16 + header_len).div_ceil(ALIGN) * ALIGN;
+        let rows = header.rows;
+        let section = |offset: usize, len: usize, what: &str| -> Result<&[u8], SearchError> {
+            let start = data_start.checked_add(offset);
+            let end = start.and_then(|s| s.checked_add(len));
+            match (start, end) {
+                (Some(s), Some(e)) if e <= body_len => Ok(&bytes[s..e]),
+                _ => Err(corrupt(format!("{what} section lies outside the file"))),
+            }
+        };
+        let photos = read_u64s(section(header.photos_offset, rows * 8, "photo ids")?);
+        let products = read_u64s(section(header.products_offset, rows * 8, "product ids")?);
+        let category_ids: Vec<u32> = section(header.category_ids_offset, rows * 4, "category ids")?
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let deleted: Vec<bool> = section(header.deleted_offset, rows, "deleted flags")?
+            .iter()
+            .map(|b| *b != 0)
+            .collect();
+        if let Some(bad) = category_ids.iter().find(|&&c| c as usize >= header.categories.len()) {
+            return Err(corrupt(format!("category id {bad} out of range")));
+        }
+        let mut index = Index::new(header.dim, header.precision, header.meta.clone())?;
+        index.categories = header.categories.clone();
+        for row in 0..rows {
+            index.push_row(category_ids[row], products[row], photos[row], deleted[row]);
+        }
+        if index.live_photo_rows.len() != index.deleted.iter().filter(|d| !**d).count() {
+            return Err(corrupt("a photo id appears twice among live photos".into()));
+        }
+        let mut total = 0;
+        for (i, sh) in header.segments.iter().enumerate() {
+            let norms: Vec<f32> = section(sh.norms_offset, sh.rows * 4, "norms")?
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            let matrix_bytes = sh
+                .rows
+                .checked_mul(header.dim)
+                .and_then(|v| v.checked_mul(header.precision.bytes()))
+                .ok_or_else(|| corrupt(format!("segment {i} size overflows")))?;
+            section(sh.matrix_offset, matrix_bytes, "matrix")?;
+            let gallery = Gallery::mapped(
+                map.clone(),
+                data_start + sh.matrix_offset,
+                sh.rows,
+                header.dim,
+                header.precision,
+                norms,
+            )
+            .map_err(|e| corrupt(format!("segment {i}: {e}")))?;
+            total += sh.rows;
+            index.segments.push(gallery);
+        }
+        if total != rows {
+            return Err(corrupt(format!("segments hold {total} rows, columns {rows}")));
+        }
+        Ok(index)
+    }
+}
+
+/// `key: index has "X", expected "Y"` for every key whose values differ (missing = `<none>`).
+fn meta_differences(found: &BTreeMap<String, String>, expected: &BTreeMap<String, String>) -> String {
+    let keys: std::collections::BTreeSet<&String> = found.keys().chain(expected.keys()).collect();
+    keys.into_iter()
+        .filter(|k| found.get(*k) != expected.get(*k))
+        .map(|k| {
+            let show = |v: Option<&String>| v.map_or("<none>".to_string(), |v| format!("{v:?}"));
+            format!("{k}: index has {}, expected {}", show(found.get(k)), show(expected.get(k)))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn read_u64s(bytes: &[u8]) -> Vec<u64> {
+    bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .collect()
+}
+
+impl VectorSearch for Index {
+    fn search(&self, query: &[f32], request: &SearchRequest) -> Result<Vec<ProductHit>, SearchError> {
+        if query.len() != self.dim {
+            return Err(SearchError::DimensionMismatch {
+                expected: self.dim,
+                found: query.len(),
+            });
+        }
+        Ok(self.exact(query, request)?.pop().unwrap_or_default())
+    }
+
+    fn search_batch(&self, queries: &[f32], request: &SearchRequest) -> Result<Vec<Vec<ProductHit>>, SearchError> {
+        self.exact(queries, request)
+    }
+
+    fn len(&self) -> usize {
+        self.live_photo_rows.len()
+    }
+
+    fn dim(&self) -> usize {
+        self.dim
+    }
+}
+
+/// Counts and hashes what goes through it; pads with zeros to absolute offsets.
+struct HashingWriter<W: Write> {
+    inner: W,
+    hasher: Sha256,
+    written: usize,
+}
+
+impl<W: Write> HashingWriter<W> {
+    fn pad_to(&mut self, offset: usize) -> std::io::Result<()> {
+        if offset < self.written {
+            return Err(std::io::Error::other("index writer went past a section offset"));
+        }
+        let zeros = vec![0u8; offset - self.written];
+        self.write_all(&zeros)
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A temporary file beside the target that replaces it on `commit` (fsync, rename, fsync dir)
+/// and is removed if dropped before.
+struct AtomicFile {
+    target: PathBuf,
+    temp: PathBuf,
+    file: Option<File>,
+}
+
+impl AtomicFile {
+    fn create(target: &Path) -> std::io::Result<AtomicFile> {
+        let name = target
+            .file_name()
+            .ok_or_else(|| std::io::Error::other("index path has no file name"))?;
+        let mut temp_name = std::ffi::OsString::from(".");
+        temp_name.push(name);
+        temp_name.push(format!(".tmp{}", std::process::id()));
+        let temp = target.with_file_name(temp_name);
+        let file = File::create(&temp)?;
+        Ok(AtomicFile {
+            target: target.to_path_buf(),
+            temp,
+            file: Some(file),
+        })
+    }
+
+    fn file(&mut self) -> &mut File {
+        self.file.as_mut().expect("file is present until commit")
+    }
+
+    fn commit(mut self) -> std::io::Result<()> {
+        if let Some(file) = self.file.take() {
+            file.sync_all()?;
+        }
+        std::fs::rename(&self.temp, &self.target)?;
+        if let Some(dir) = self.target.parent() {
+            let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_metric_is_copy(m: Metric) -> Metric {
+    m
+}
