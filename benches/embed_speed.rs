@@ -43,7 +43,10 @@ fn parse_options() -> anyhow::Result<Options> {
         let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
         match arg.as_str() {
             "--models" => {
-                options.models = value()?.split(',').map(str::parse).collect::<Result<_, _>>()?;
+                options.models = value()?
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?;
             }
             "--batches" => {
                 options.batches = value()?
@@ -81,11 +84,16 @@ fn embedder(model: ModelKind, device: DeviceChoice) -> anyhow::Result<(Embedder,
     if let Some(file) = shared {
         let path = shared_dir().join("models").join(file);
         config.weights = path.is_file().then_some(path);
-        if config.weights.is_some() || wtb_embed::find_local_weights(model, &wtb_embed::weight_search_dirs()).is_some() {
+        if config.weights.is_some()
+            || wtb_embed::find_local_weights(model, &wtb_embed::weight_search_dirs()).is_some()
+        {
             return Ok((Embedder::load(&config)?, "real".to_string()));
         }
     }
-    Ok((Embedder::with_synthetic_weights(&config)?, "synthetic".to_string()))
+    Ok((
+        Embedder::with_synthetic_weights(&config)?,
+        "synthetic".to_string(),
+    ))
 }
 
 /// A deterministic preprocessed batch (values in the normalised range).
@@ -100,12 +108,18 @@ fn input(batch: usize, side: usize) -> anyhow::Result<Tensor> {
             (state >> 40) as f32 / 16777216.0 * 4.0 - 2.0
         })
         .collect();
-    Ok(Tensor::from_vec(values, (batch, 3, side, side), &Device::Cpu)?)
+    Ok(Tensor::from_vec(
+        values,
+        (batch, 3, side, side),
+        &Device::Cpu,
+    )?)
 }
 
 fn main() -> anyhow::Result<()> {
     let options = parse_options()?;
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     println!(
         "embed_speed: device {}, {threads} CPU threads, forward pass only (224x224 input)",
         options.device
@@ -131,9 +145,17 @@ fn main() -> anyhow::Result<()> {
                     norm += (*b as f64).powi(2);
                 }
                 let relative = (diff / norm).sqrt();
-                println!("parity {} batch {batch}: {} vs cpu relative L2 {relative:.2e}", model.name(), options.device);
-                if !(relative <= 1e-3) {
-                    bail!("{} on {}: relative L2 {relative:.2e} > 1e-3", model.name(), options.device);
+                println!(
+                    "parity {} batch {batch}: {} vs cpu relative L2 {relative:.2e}",
+                    model.name(),
+                    options.device
+                );
+                if relative.is_nan() || relative > 1e-3 {
+                    bail!(
+                        "{} on {}: relative L2 {relative:.2e} > 1e-3",
+                        model.name(),
+                        options.device
+                    );
                 }
             }
             let mut times = Vec::new();
@@ -160,7 +182,8 @@ fn main() -> anyhow::Result<()> {
         }
     }
     if let Some(path) = options.json {
-        std::fs::write(&path, serde_json::to_string_pretty(&results)?).with_context(|| format!("{}", path.display()))?;
+        std::fs::write(&path, serde_json::to_string_pretty(&results)?)
+            .with_context(|| format!("{}", path.display()))?;
     }
     Ok(())
 }

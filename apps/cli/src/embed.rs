@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use wtb_embed::{
-    imagenet_class_name, save_embeddings, DeviceChoice, Embedder, EmbedderConfig, ImageJob, ModelKind, Pooling,
-    Preprocess,
+    imagenet_class_name, save_embeddings, DeviceChoice, Embedder, EmbedderConfig, ImageJob,
+    ModelKind, Pooling, Preprocess,
 };
 
 use crate::progress;
@@ -104,11 +104,19 @@ pub fn run_embed(args: EmbedArgs) -> anyhow::Result<ExitCode> {
     let embedder = Embedder::load(&config).with_context(|| format!("loading {}", config.model))?;
     let bar = progress::bar(jobs.len() as u64, "embedding");
     let outcome = embedder
-        .embed_jobs(&jobs, args.batch, &|done, _total| bar.set_position(done as u64))
+        .embed_jobs(&jobs, args.batch, &|done, _total| {
+            bar.set_position(done as u64)
+        })
         .context("embedding")?;
     bar.finish_and_clear();
-    save_embeddings(&args.out, embedder.meta(), &outcome.ids, &outcome.vectors, args.f16)
-        .with_context(|| format!("writing {}", args.out.display()))?;
+    save_embeddings(
+        &args.out,
+        embedder.meta(),
+        &outcome.ids,
+        &outcome.vectors,
+        args.f16,
+    )
+    .with_context(|| format!("writing {}", args.out.display()))?;
     println!(
         "embedded {} of {} images with {} ({}-d) into {}",
         outcome.ids.len(),
@@ -127,13 +135,18 @@ pub fn run_embed(args: EmbedArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn run_classify(args: ClassifyArgs) -> anyhow::Result<ExitCode> {
-    let embedder = Embedder::load(&args.model.config()).with_context(|| format!("loading {}", args.model.model))?;
+    let embedder = Embedder::load(&args.model.config())
+        .with_context(|| format!("loading {}", args.model.model))?;
     let image = wtb_dataset::load_rgb(&args.image, &wtb_dataset::DecodeLimits::default())
         .with_context(|| format!("reading {}", args.image.display()))?;
     let top = embedder.classify(&image, args.top)?;
     for (rank, (class, probability)) in top.iter().enumerate() {
         let name = imagenet_class_name(*class).unwrap_or("?");
-        println!("{:>2}. {:>6.2}%  {name} ({class})", rank + 1, probability * 100.0);
+        println!(
+            "{:>2}. {:>6.2}%  {name} ({class})",
+            rank + 1,
+            probability * 100.0
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -148,9 +161,12 @@ fn jobs_from_dir(root: &Path) -> anyhow::Result<Vec<ImageJob>> {
     let mut paths = Vec::new();
     let mut pending = vec![root.to_path_buf()];
     while let Some(dir) = pending.pop() {
-        let entries = std::fs::read_dir(&dir).with_context(|| format!("reading folder {}", dir.display()))?;
+        let entries =
+            std::fs::read_dir(&dir).with_context(|| format!("reading folder {}", dir.display()))?;
         for entry in entries {
-            let path = entry.with_context(|| format!("reading folder {}", dir.display()))?.path();
+            let path = entry
+                .with_context(|| format!("reading folder {}", dir.display()))?
+                .path();
             if path.is_dir() {
                 pending.push(path);
             } else if is_image(&path) {
@@ -162,7 +178,11 @@ fn jobs_from_dir(root: &Path) -> anyhow::Result<Vec<ImageJob>> {
     Ok(paths
         .into_iter()
         .map(|path| ImageJob {
-            id: path.strip_prefix(root).unwrap_or(&path).to_string_lossy().into_owned(),
+            id: path
+                .strip_prefix(root)
+                .unwrap_or(&path)
+                .to_string_lossy()
+                .into_owned(),
             path,
             crop: None,
         })
@@ -170,7 +190,8 @@ fn jobs_from_dir(root: &Path) -> anyhow::Result<Vec<ImageJob>> {
 }
 
 fn jobs_from_list(list: &Path) -> anyhow::Result<Vec<ImageJob>> {
-    let text = std::fs::read_to_string(list).with_context(|| format!("reading list {}", list.display()))?;
+    let text = std::fs::read_to_string(list)
+        .with_context(|| format!("reading list {}", list.display()))?;
     let base = list.parent().unwrap_or(Path::new("."));
     Ok(text
         .lines()

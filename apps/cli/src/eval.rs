@@ -1,6 +1,5 @@
 //! `wtb eval`: accuracy@k evaluations with reports, plots and confidence intervals.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Mutex;
@@ -69,7 +68,7 @@ pub struct EvalArgs {
     /// Gallery list CSV with columns path,product,category (paths relative to the CSV); category protocol.
     #[arg(long, value_name = "FILE", required_if_eq("protocol", "category"))]
     gallery: Option<PathBuf>,
-    /// Photo ids to leave out of the gallery (one per line, first CSV column), e.g. from dataset cleaning; full protocol.
+    /// Exclusion file written by dataset cleaning (`wtb-exclusions` JSON): its photos leave the gallery; full protocol.
     #[arg(long, value_name = "FILE")]
     exclude: Option<PathBuf>,
     /// Models, comma-separated: mobilenet_v2, efficientnet_lite0, resnet50, vgg16.
@@ -257,14 +256,14 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
             if args.protocol == ProtocolName::Original {
                 protocol::original(labels, photos, args.seed)?
             } else {
-                let excluded = match &args.exclude {
+                let exclusions = match &args.exclude {
                     Some(path) => {
                         data.push(("exclude".to_string(), path.display().to_string()));
-                        protocol::read_exclusions(path)?
+                        Some(wtb_dataset::Exclusions::load(path)?)
                     }
-                    None => HashSet::new(),
+                    None => None,
                 };
-                protocol::full(labels, photos, &excluded)?
+                protocol::full(labels, photos, exclusions.as_ref())?
             }
         }
         ProtocolName::Category => {

@@ -45,6 +45,9 @@ fn list() -> anyhow::Result<ExitCode> {
         );
     }
     let searched: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
-    println!("\nsearched: {} (set WTB_MODELS_DIR to add a folder)", searched.join(", "));
+    println!(
+        "\nsearched: {} (set WTB_MODELS_DIR to add a folder)",
+        searched.join(", ")
+    );
     Ok(ExitCode::SUCCESS)
 }

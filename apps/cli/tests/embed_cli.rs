@@ -11,7 +11,10 @@ fn shared_file(relative: &str) -> Option<PathBuf> {
     if path.is_file() {
         Some(path)
     } else {
-        eprintln!("skipping: {} not found (set WTB_SHARED_DIR)", path.display());
+        eprintln!(
+            "skipping: {} not found (set WTB_SHARED_DIR)",
+            path.display()
+        );
         None
     }
 }
@@ -60,12 +63,22 @@ fn classify_cat_bmp_prints_egyptian_cat_first() {
         return;
     };
     let output = wtb()
-        .args(["classify", cat.to_str().unwrap(), "--model", "mobilenet_v2", "--weights"])
+        .args([
+            "classify",
+            cat.to_str().unwrap(),
+            "--model",
+            "mobilenet_v2",
+            "--weights",
+        ])
         .arg(&weights)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let first = stdout.lines().next().unwrap_or("");
     assert!(first.contains("Egyptian cat"), "{stdout}");
     assert_eq!(stdout.lines().count(), 5, "{stdout}");
@@ -73,7 +86,8 @@ fn classify_cat_bmp_prints_egyptian_cat_first() {
 
 #[test]
 fn embed_skips_and_reports_corrupt_images() {
-    let Some(weights) = shared_file("models/mobilenet_v2_torchvision_imagenet1k.safetensors") else {
+    let Some(weights) = shared_file("models/mobilenet_v2_torchvision_imagenet1k.safetensors")
+    else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -84,13 +98,22 @@ fn embed_skips_and_reports_corrupt_images() {
         if [5, 31, 60].contains(&i) {
             std::fs::write(&path, b"this is not a bmp").unwrap();
         } else {
-            let bytes = bmp(40 + i, 30 + 2 * i, |x, y| [(x * 5 + i) as u8, (y * 3) as u8, (i * 4) as u8]);
+            let bytes = bmp(40 + i, 30 + 2 * i, |x, y| {
+                [(x * 5 + i) as u8, (y * 3) as u8, (i * 4) as u8]
+            });
             std::fs::write(&path, bytes).unwrap();
         }
     }
     let out = dir.path().join("emb.safetensors");
     let output = wtb()
-        .args(["embed", "--model", "mobilenet_v2", "--batch", "16", "--images"])
+        .args([
+            "embed",
+            "--model",
+            "mobilenet_v2",
+            "--batch",
+            "16",
+            "--images",
+        ])
         .arg(&images)
         .arg("--out")
         .arg(&out)
@@ -99,7 +122,11 @@ fn embed_skips_and_reports_corrupt_images() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(stdout.contains("embedded 61 of 64"), "{stdout}");
     assert!(stdout.contains("skipped 3"), "{stdout}");
     for bad in ["img05.bmp", "img31.bmp", "img60.bmp"] {
@@ -124,8 +151,16 @@ fn models_list_shows_every_model() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}");
-    for (name, dim) in [("mobilenet_v2", "1280"), ("efficientnet_lite0", "1280"), ("resnet50", "2048"), ("vgg16", "512")] {
-        let line = stdout.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name}: {stdout}"));
+    for (name, dim) in [
+        ("mobilenet_v2", "1280"),
+        ("efficientnet_lite0", "1280"),
+        ("resnet50", "2048"),
+        ("vgg16", "512"),
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name}: {stdout}"));
         assert!(line.contains(dim), "{line}");
     }
 }
@@ -136,12 +171,21 @@ fn missing_weights_error_says_where_to_put_them() {
     let image = empty.path().join("x.bmp");
     std::fs::write(&image, bmp(8, 8, |_, _| [0, 0, 0])).unwrap();
     let output = wtb()
-        .args(["classify", image.to_str().unwrap(), "--model", "efficientnet_lite0"])
+        .args([
+            "classify",
+            image.to_str().unwrap(),
+            "--model",
+            "efficientnet_lite0",
+        ])
         .env("WTB_MODELS_DIR", empty.path())
         .current_dir(empty.path())
         .output()
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("efficientnet_lite0.safetensors") && stderr.contains(&empty.path().display().to_string()), "{stderr}");
+    assert!(
+        stderr.contains("efficientnet_lite0.safetensors")
+            && stderr.contains(&empty.path().display().to_string()),
+        "{stderr}"
+    );
 }

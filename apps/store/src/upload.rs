@@ -71,24 +71,25 @@ pub async fn read_search_form(
             MAX_TEXT_FIELD_BYTES
         };
         let mut data = Vec::new();
+        let mut received = 0usize;
         while let Some(chunk) = field.next().await {
             let chunk = chunk.map_err(|e| {
                 StoreError::bad_request(format!("bad multipart body in field {name:?}: {e}"))
             })?;
-            if data.len() + chunk.len() > cap {
-                return Err(if name == "image" {
-                    StoreError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "too_large",
-                        format!("the image is larger than the {} byte limit", limits.max_upload_bytes),
-                    )
-                } else {
-                    StoreError::bad_request(format!(
-                        "field {name:?} is longer than {MAX_TEXT_FIELD_BYTES} bytes"
-                    ))
-                });
+            received += chunk.len();
+            // A client that sends a little too much still gets to finish sending and read the
+            // 413 (closing on it mid-upload would look like a network failure); far too much
+            // is cut off at once.
+            if received > cap && received <= cap.saturating_mul(2) {
+                continue;
+            }
+            if received > cap {
+                return Err(too_long(&name, limits));
             }
             data.extend_from_slice(&chunk);
+        }
+        if received > cap {
+            return Err(too_long(&name, limits));
         }
         match name.as_str() {
             "image" => form.image = Some(data),
@@ -101,6 +102,18 @@ pub async fn read_search_form(
         }
     }
     Ok(form)
+}
+
+fn too_long(name: &str, limits: &Limits) -> StoreError {
+    if name == "image" {
+        StoreError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the image is larger than the {} byte limit", limits.max_upload_bytes),
+        )
+    } else {
+        StoreError::bad_request(format!("field {name:?} is longer than {MAX_TEXT_FIELD_BYTES} bytes"))
+    }
 }
 
 fn text(name: &str, data: Vec<u8>) -> Result<String, StoreError> {

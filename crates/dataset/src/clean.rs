@@ -18,57 +18,98 @@ use crate::photo::{load_rgb, photo_path, DecodeLimits};
 use crate::problem::Problem;
 
 /// Thresholds of the two detectors.
+///
+/// The non-white detector looks at the four edges of a photo. In a strip along each edge
+/// (`border_fraction` of the shorter side), a pixel is *plain light* when it is light (darkest
+/// channel at least `light_level`), neutral (channels within `max_chroma` of each other) and
+/// smooth (its luminance within `max_gradient` of each 4-neighbour). The photo's statistic is
+/// the plain-light fraction of its best edge: a catalog photo shows a plain white or light
+/// grey background along at least one whole edge, while magazine pages, street shots and
+/// fabric close-ups do not. A photo below `min_plain_fraction` is non-white.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct CleanConfig {
     /// A decoded content (SHA-256 of the RGB pixels) that appears under at least this many
     /// distinct products is a placeholder ("image not available"). Default 3.
     pub placeholder_min_products: usize,
-    /// Width of the border strip examined, as a fraction of the photo's shorter side (at
-    /// least one pixel). Default 0.04.
+    /// Width of each edge strip, as a fraction of the photo's shorter side (at least one
+    /// pixel). Default 0.02.
     pub border_fraction: f64,
-    /// A border pixel is light when its darkest channel is at least this. Default 200.
+    /// Darkest channel of a light pixel. Default 180.
     pub light_level: u8,
-    /// ... and its channels differ by at most this (grey-ish, not a light colour). Default 40.
+    /// Largest channel spread of a neutral pixel. Default 12.
     pub max_chroma: u8,
-    /// A photo whose border has a smaller fraction of light pixels has no plain light
-    /// background ("non-white"). Default 0.6.
-    pub min_light_fraction: f64,
+    /// Largest luminance step to a 4-neighbour of a smooth pixel. Default 2.
+    pub max_gradient: u8,
+    /// A photo whose best edge has a smaller plain-light fraction is non-white. Default 0.6.
+    pub min_plain_fraction: f64,
 }
 
 impl Default for CleanConfig {
     fn default() -> Self {
         CleanConfig {
             placeholder_min_products: 3,
-            border_fraction: 0.04,
-            light_level: 200,
-            max_chroma: 40,
-            min_light_fraction: 0.6,
+            border_fraction: 0.02,
+            light_level: 180,
+            max_chroma: 12,
+            max_gradient: 2,
+            min_plain_fraction: 0.6,
         }
     }
 }
 
-/// The fraction of light pixels in the border strip of `image` (see [`CleanConfig`]).
-pub fn border_light_fraction(image: &RgbImage, config: &CleanConfig) -> f64 {
+/// The border statistic of the non-white detector: the plain-light fraction of the photo's
+/// best edge (see [`CleanConfig`]), in `[0, 1]`.
+pub fn border_plain_fraction(image: &RgbImage, config: &CleanConfig) -> f64 {
     let (w, h) = image.dimensions();
     if w == 0 || h == 0 {
         return 0.0;
     }
-    let strip = ((w.min(h) as f64 * config.border_fraction).round() as u32).max(1);
-    let (mut light, mut total) = (0u64, 0u64);
-    for (x, y, p) in image.enumerate_pixels() {
-        let in_border = x < strip || y < strip || x + strip >= w || y + strip >= h;
-        if !in_border {
-            continue;
+    let strip = ((w.min(h) as f64 * config.border_fraction).round() as u32).clamp(1, w.min(h));
+    let lum = |x: u32, y: u32| -> i32 {
+        let p = image.get_pixel(x, y).0;
+        (p[0] as i32 * 299 + p[1] as i32 * 587 + p[2] as i32 * 114 + 500) / 1000
+    };
+    let max_gradient = config.max_gradient as i32;
+    let plain = |x: u32, y: u32| -> bool {
+        let p = image.get_pixel(x, y).0;
+        let min = p[0].min(p[1]).min(p[2]);
+        let max = p[0].max(p[1]).max(p[2]);
+        if min < config.light_level || max - min > config.max_chroma {
+            return false;
         }
-        total += 1;
-        let [r, g, b] = p.0;
-        let min = r.min(g).min(b);
-        let max = r.max(g).max(b);
-        if min >= config.light_level && max - min <= config.max_chroma {
-            light += 1;
+        let l = lum(x, y);
+        let near = |nx: u32, ny: u32| (l - lum(nx, ny)).abs() <= max_gradient;
+        (x == 0 || near(x - 1, y))
+            && (x + 1 >= w || near(x + 1, y))
+            && (y == 0 || near(x, y - 1))
+            && (y + 1 >= h || near(x, y + 1))
+    };
+    // Edges: top and bottom rows span the full width; left and right columns the rows between.
+    let mut best = 0.0f64;
+    let rows = |y0: u32, y1: u32, x0: u32, x1: u32| {
+        let (mut good, mut total) = (0u64, 0u64);
+        for y in y0..y1 {
+            for x in x0..x1 {
+                total += 1;
+                good += plain(x, y) as u64;
+            }
         }
+        if total == 0 {
+            0.0
+        } else {
+            good as f64 / total as f64
+        }
+    };
+    let inner = (strip, h.saturating_sub(strip).max(strip));
+    for fraction in [
+        rows(0, strip, 0, w),
+        rows(h - strip, h, 0, w),
+        rows(inner.0, inner.1, 0, strip),
+        rows(inner.0, inner.1, w - strip, w),
+    ] {
+        best = best.max(fraction);
     }
-    light as f64 / total as f64
+    best
 }
 
 /// SHA-256 of a decoded image (dimensions and RGB pixels), as lowercase hex.
@@ -87,8 +128,8 @@ pub struct PhotoScan {
     pub photo: PhotoId,
     /// [`content_hash`].
     pub hash: String,
-    /// [`border_light_fraction`].
-    pub light_fraction: f64,
+    /// [`border_plain_fraction`].
+    pub plain_fraction: f64,
 }
 
 /// Why a photo is excluded.
@@ -189,7 +230,7 @@ pub fn clean(
                 Ok(image) => Ok(PhotoScan {
                     photo,
                     hash: content_hash(&image),
-                    light_fraction: border_light_fraction(&image, config),
+                    plain_fraction: border_plain_fraction(&image, config),
                 }),
                 Err(e) => Err(Problem::error(&path, e.problem.to_string()).photo(photo)),
             }
@@ -239,7 +280,7 @@ pub fn classify(
     groups.sort_by(|a, b| b.photos.len().cmp(&a.photos.len()).then(a.hash.cmp(&b.hash)));
     let non_white: BTreeSet<PhotoId> = scans
         .iter()
-        .filter(|s| !placeholders.contains(&s.photo) && s.light_fraction < config.min_light_fraction)
+        .filter(|s| !placeholders.contains(&s.photo) && s.plain_fraction < config.min_plain_fraction)
         .map(|s| s.photo)
         .collect();
     let unreadable: BTreeSet<PhotoId> = problems.iter().filter_map(|p| p.photo).collect();

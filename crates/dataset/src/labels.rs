@@ -203,16 +203,20 @@ impl Labels {
             }
         }
         for (category, kinds) in &seen_kinds {
-            if !kinds.contains(&LabelFileKind::Retrieval) {
-                let file = dir.join(LabelFileKind::Retrieval.file_name(category));
+            if kinds.contains(&LabelFileKind::Retrieval) {
+                continue;
+            }
+            let retrieval = LabelFileKind::Retrieval.file_name(category);
+            for kind in kinds {
                 problems.push(Problem::error(
-                    file,
+                    dir.join(kind.file_name(category)),
                     format!(
-                        "unknown category {category:?}: it has pairs files but no retrieval file, so its products have no shop photos"
+                        "unknown category {:?}: there is no {retrieval} beside it, so its products have no shop photos",
+                        category.as_str()
                     ),
                 ));
-                labels.categories.remove(category);
             }
+            labels.categories.remove(category);
         }
         if labels.categories.is_empty() && !problems.iter().any(|p| p.is_error()) {
             problems.push(Problem::error(

@@ -24,12 +24,19 @@
 //!
 //! On `../shared/data/s2s-dev` (3,823 distinct shop photos: 37 planted placeholders, 74
 //! planted non-white photos), the default [`CleanConfig`] gives, scored against `truth.csv`
-//! (test `clean_s2s_dev` in `tests/shared_data.rs`):
+//! (test `s2s_dev_clean_finds_the_planted_junk` in `tests/shared_data.rs`, which requires
+//! at least 0.95 for each figure):
 //!
 //! | detector | found | true positives | precision | recall |
 //! |---|---|---|---|---|
 //! | placeholders | 37 | 37 | 1.000 | 1.000 |
-//! | non-white | NW_FOUND | NW_TP | NW_PREC | NW_REC |
+//! | non-white | 73 | 72 | 0.986 | 0.973 |
+//!
+//! The two non-white misses are consumer photos of a garment on a hanger against a plain
+//! light grey wall; the false alarm is a catalog photo on a darker grey studio backdrop. The
+//! thresholds were chosen on s2s-dev: all but 3 of its 3,712 catalog photos score at least
+//! 0.95 on the border statistic and 69 of the 74 non-white photos score below 0.25, so there is
+//! margin on both sides, but these remain figures on the set the thresholds were tuned on.
 //!
 //! # Example
 //!
@@ -81,7 +88,7 @@ mod stats;
 pub use catalog::{Catalog, ProductInfo, CATALOG_COLUMNS};
 pub use check::{check, photo_dimensions, CheckReport};
 pub use clean::{
-    border_light_fraction, classify, clean, content_hash, CleanConfig, CleanCounts, CleanReport,
+    border_plain_fraction, classify, clean, content_hash, CleanConfig, CleanCounts, CleanReport,
     ExclusionReason, Exclusions, ExclusionsError, PhotoScan, PlaceholderGroup, EXCLUSIONS_FORMAT,
     EXCLUSIONS_VERSION,
 };

@@ -61,7 +61,9 @@ impl ModelKind {
     /// The weight key layouts accepted for this model.
     pub fn layouts(self) -> &'static [&'static str] {
         match self {
-            ModelKind::MobileNetV2 | ModelKind::ResNet50 | ModelKind::Vgg16 => &["torchvision", "timm"],
+            ModelKind::MobileNetV2 | ModelKind::ResNet50 | ModelKind::Vgg16 => {
+                &["torchvision", "timm"]
+            }
             ModelKind::EfficientNetLite0 => &["lukemelas"],
         }
     }
@@ -69,14 +71,6 @@ impl ModelKind {
     /// Whether the model has an ImageNet classifier head (VGG16 is built headless).
     pub fn has_classifier(self) -> bool {
         !matches!(self, ModelKind::Vgg16)
-    }
-
-    /// Batch-norm epsilon of the checkpoints.
-    pub(crate) fn bn_eps(self) -> f64 {
-        match self {
-            ModelKind::EfficientNetLite0 => 1e-3,
-            _ => 1e-5,
-        }
     }
 
     fn expected() -> String {
@@ -321,14 +315,20 @@ mod tests {
         for d in [DeviceChoice::Cpu, DeviceChoice::Cuda(3), DeviceChoice::Auto] {
             assert_eq!(d.to_string().parse::<DeviceChoice>().unwrap(), d);
         }
-        assert_eq!("cuda".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cuda(0));
+        assert_eq!(
+            "cuda".parse::<DeviceChoice>().unwrap(),
+            DeviceChoice::Cuda(0)
+        );
         assert_eq!("gem".parse::<Pooling>().unwrap(), Pooling::Gem(3.0));
     }
 
     #[test]
     fn bad_names_are_errors_listing_the_choices() {
         let err = "resnet51".parse::<ModelKind>().unwrap_err().to_string();
-        assert!(err.contains("resnet51") && err.contains("mobilenet_v2"), "{err}");
+        assert!(
+            err.contains("resnet51") && err.contains("mobilenet_v2"),
+            "{err}"
+        );
         assert!("gem:-1".parse::<Pooling>().is_err());
         assert!("gem:nan".parse::<Pooling>().is_err());
         assert!("cuda:x".parse::<DeviceChoice>().is_err());

@@ -59,15 +59,27 @@ impl Embedder {
         Self::build(config, vb, SYNTHETIC_WEIGHTS_ID.to_string(), device)
     }
 
-    fn build(config: &EmbedderConfig, vb: VarBuilder, weights_sha256: String, device: Device) -> Result<Self, EmbedError> {
+    fn build(
+        config: &EmbedderConfig,
+        vb: VarBuilder,
+        weights_sha256: String,
+        device: Device,
+    ) -> Result<Self, EmbedError> {
         let name = config.model.name();
         let backbone: Box<dyn Backbone> = match config.model {
-            ModelKind::MobileNetV2 => Box::new(models::mobilenet_v2::MobileNetV2::new(vb).map_err(EmbedError::model(name))?),
-            ModelKind::EfficientNetLite0 => {
-                Box::new(models::efficientnet_lite0::EfficientNetLite0::new(vb).map_err(EmbedError::model(name))?)
+            ModelKind::MobileNetV2 => Box::new(
+                models::mobilenet_v2::MobileNetV2::new(vb).map_err(EmbedError::model(name))?,
+            ),
+            ModelKind::EfficientNetLite0 => Box::new(
+                models::efficientnet_lite0::EfficientNetLite0::new(vb)
+                    .map_err(EmbedError::model(name))?,
+            ),
+            ModelKind::ResNet50 => {
+                Box::new(models::resnet::ResNet50::new(vb).map_err(EmbedError::model(name))?)
             }
-            ModelKind::ResNet50 => Box::new(models::resnet::ResNet50::new(vb).map_err(EmbedError::model(name))?),
-            ModelKind::Vgg16 => Box::new(models::vgg::Vgg16::new(vb).map_err(EmbedError::model(name))?),
+            ModelKind::Vgg16 => {
+                Box::new(models::vgg::Vgg16::new(vb).map_err(EmbedError::model(name))?)
+            }
         };
         let meta = EmbeddingMeta {
             model: name.to_string(),
@@ -126,7 +138,11 @@ impl Embedder {
             let map = self.backbone.features(&input.to_device(&self.device)?)?;
             let pooled = pool(&map, self.config.pooling)?;
             if self.config.l2_normalize {
-                let norm = pooled.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12f32, f32::MAX)?;
+                let norm = pooled
+                    .sqr()?
+                    .sum_keepdim(1)?
+                    .sqrt()?
+                    .clamp(1e-12f32, f32::MAX)?;
                 pooled.broadcast_div(&norm)
             } else {
                 Ok(pooled)
@@ -138,14 +154,17 @@ impl Embedder {
     /// The ImageNet logits (N×1000) of a preprocessed input: the classifier over
     /// average-pooled features, whatever the configured pooling.
     pub fn logits_tensor(&self, input: &Tensor) -> Result<Tensor, EmbedError> {
-        let classifier = self.backbone.classifier().ok_or_else(|| EmbedError::NoClassifier {
-            model: self.config.model.name().to_string(),
-            reason: if self.config.model.has_classifier() {
-                "the weights file has no classifier tensors".to_string()
-            } else {
-                "this model is built as a headless feature extractor".to_string()
-            },
-        })?;
+        let classifier = self
+            .backbone
+            .classifier()
+            .ok_or_else(|| EmbedError::NoClassifier {
+                model: self.config.model.name().to_string(),
+                reason: if self.config.model.has_classifier() {
+                    "the weights file has no classifier tensors".to_string()
+                } else {
+                    "this model is built as a headless feature extractor".to_string()
+                },
+            })?;
         let run = || -> candle_core::Result<Tensor> {
             let map = self.backbone.features(&input.to_device(&self.device)?)?;
             classifier.forward(&pool(&map, Pooling::Avg)?)
@@ -215,12 +234,16 @@ impl Embedder {
             preprocess_image(&image, config, model)
         };
         // One batch in the channel and one being prepared while the model runs a third.
-        let (sender, receiver) = crossbeam_channel::bounded::<Vec<(usize, Result<Vec<f32>, String>)>>(1);
+        let (sender, receiver) =
+            crossbeam_channel::bounded::<Vec<(usize, Result<Vec<f32>, String>)>>(1);
         std::thread::scope(|scope| {
             scope.spawn(move || {
                 for start in (0..total).step_by(batch) {
                     let end = (start + batch).min(total);
-                    let prepared: Vec<_> = (start..end).into_par_iter().map(|i| (i, prepare(i))).collect();
+                    let prepared: Vec<_> = (start..end)
+                        .into_par_iter()
+                        .map(|i| (i, prepare(i)))
+                        .collect();
                     if sender.send(prepared).is_err() {
                         break; // the model side stopped on an error
                     }
@@ -252,7 +275,9 @@ impl Embedder {
                         .and_then(|t| t.to_vec1::<f32>())
                         .map_err(self.model_error())?;
                     outcome.vectors.extend_from_slice(&vectors);
-                    outcome.ids.extend(embedded.into_iter().map(|i| ids[i].clone()));
+                    outcome
+                        .ids
+                        .extend(embedded.into_iter().map(|i| ids[i].clone()));
                 }
                 progress(done, total);
             }
@@ -281,7 +306,14 @@ mod tests {
     #[test]
     fn pooling_reduces_as_documented() {
         let map = Tensor::new(&[[[[1f32, 2.], [3., 6.]]]], &Device::Cpu).unwrap();
-        let value = |p| pool(&map, p).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
+        let value = |p| {
+            pool(&map, p)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()[0]
+        };
         assert!((value(Pooling::Avg) - 3.0).abs() < 1e-6);
         assert!((value(Pooling::Max) - 6.0).abs() < 1e-6);
         let gem2 = ((1.0f32 + 4.0 + 9.0 + 36.0) / 4.0).sqrt();

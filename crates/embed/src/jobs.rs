@@ -35,7 +35,9 @@ impl Embedder {
                 let job = &jobs[i];
                 let image = wtb_dataset::load_rgb(&job.path, &limits).map_err(|e| e.to_string())?;
                 match job.crop {
-                    Some((ref bbox, margin)) => wtb_dataset::crop(&image, bbox, margin).map_err(|e| e.to_string()),
+                    Some((ref bbox, margin)) => {
+                        wtb_dataset::crop(&image, bbox, margin).map_err(|e| e.to_string())
+                    }
                     None => Ok(image),
                 }
             },
@@ -43,5 +45,4 @@ impl Embedder {
             progress,
         )
     }
-
 }

@@ -47,10 +47,11 @@ mod weights;
 pub use classes::imagenet_class_name;
 pub use config::{DeviceChoice, EmbedderConfig, ModelKind, Pooling, Preprocess};
 pub use embedder::{EmbedOutcome, Embedder};
-pub use jobs::ImageJob;
 pub use error::EmbedError;
+pub use jobs::ImageJob;
 pub use preprocess::{input_size, preprocess_image, IMAGENET_MEAN, IMAGENET_STD};
 pub use store::{load_embeddings, save_embeddings, EmbeddingMeta, EMBEDDINGS_FORMAT_VERSION};
 pub use weights::{
-    find_local_weights, hub_repo, resolve_weights, sha256_file, weight_search_dirs, SYNTHETIC_WEIGHTS_ID,
+    find_local_weights, hub_repo, resolve_weights, sha256_file, weight_search_dirs,
+    SYNTHETIC_WEIGHTS_ID,
 };

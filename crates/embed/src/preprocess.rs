@@ -24,7 +24,11 @@ pub fn input_size(preprocess: Preprocess, model: ModelKind) -> u32 {
 
 /// Turns an image into the model input: a `3 × S × S` CHW vector (S = [`input_size`]),
 /// normalised with the ImageNet mean and standard deviation. Fails only on an empty image.
-pub fn preprocess_image(image: &RgbImage, preprocess: Preprocess, model: ModelKind) -> Result<Vec<f32>, String> {
+pub fn preprocess_image(
+    image: &RgbImage,
+    preprocess: Preprocess,
+    model: ModelKind,
+) -> Result<Vec<f32>, String> {
     let (width, height) = image.dimensions();
     if width == 0 || height == 0 {
         return Err(format!("empty image ({width}x{height})"));
@@ -53,7 +57,12 @@ pub fn preprocess_image(image: &RgbImage, preprocess: Preprocess, model: ModelKi
             let new_h = ((height as f64 * scale).round() as u32).clamp(1, size);
             let resized = resize(image, new_w, new_h)?;
             let mut canvas = RgbImage::from_pixel(size, size, Rgb([255, 255, 255]));
-            image::imageops::replace(&mut canvas, &resized, ((size - new_w) / 2) as i64, ((size - new_h) / 2) as i64);
+            image::imageops::replace(
+                &mut canvas,
+                &resized,
+                ((size - new_w) / 2) as i64,
+                ((size - new_h) / 2) as i64,
+            );
             canvas
         }
     };
@@ -75,9 +84,10 @@ fn resize(image: &RgbImage, width: u32, height: u32) -> Result<RgbImage, String>
 fn normalize(image: &RgbImage) -> Vec<f32> {
     let plane = (image.width() * image.height()) as usize;
     let mut out = vec![0f32; 3 * plane];
-    for (i, pixel) in image.pixels().enumerate() {
-        for c in 0..3 {
-            out[c * plane + i] = (pixel[c] as f32 / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
+    for (channel, (mean, std)) in IMAGENET_MEAN.iter().zip(IMAGENET_STD).enumerate() {
+        let target = &mut out[channel * plane..(channel + 1) * plane];
+        for (value, pixel) in target.iter_mut().zip(image.pixels()) {
+            *value = (pixel[channel] as f32 / 255.0 - mean) / std;
         }
     }
     out
@@ -88,7 +98,9 @@ mod tests {
     use super::*;
 
     fn gradient(width: u32, height: u32) -> RgbImage {
-        RgbImage::from_fn(width, height, |x, y| Rgb([(x % 256) as u8, (y % 256) as u8, 128]))
+        RgbImage::from_fn(width, height, |x, y| {
+            Rgb([(x % 256) as u8, (y % 256) as u8, 128])
+        })
     }
 
     #[test]
@@ -108,7 +120,8 @@ mod tests {
     #[test]
     fn constant_image_normalises_to_constant_planes() {
         let image = RgbImage::from_pixel(97, 311, Rgb([255, 0, 128]));
-        let out = preprocess_image(&image, Preprocess::Torchvision, ModelKind::MobileNetV2).unwrap();
+        let out =
+            preprocess_image(&image, Preprocess::Torchvision, ModelKind::MobileNetV2).unwrap();
         let plane = 224 * 224;
         let want = [
             (1.0 - IMAGENET_MEAN[0]) / IMAGENET_STD[0],
@@ -117,7 +130,11 @@ mod tests {
         ];
         for c in 0..3 {
             for v in &out[c * plane..(c + 1) * plane] {
-                assert!((v - want[c]).abs() < 1e-5, "channel {c}: {v} vs {}", want[c]);
+                assert!(
+                    (v - want[c]).abs() < 1e-5,
+                    "channel {c}: {v} vs {}",
+                    want[c]
+                );
             }
         }
     }

@@ -35,7 +35,14 @@ pub struct EmbeddingMeta {
     pub dim: usize,
 }
 
-const META_FIELDS: [&str; 6] = ["model", "weights_sha256", "preprocess", "pooling", "l2_normalized", "dim"];
+const META_FIELDS: [&str; 6] = [
+    "model",
+    "weights_sha256",
+    "preprocess",
+    "pooling",
+    "l2_normalized",
+    "dim",
+];
 
 impl EmbeddingMeta {
     /// The metadata as a string map (keys: model, weights_sha256, preprocess, pooling,
@@ -56,7 +63,9 @@ impl EmbeddingMeta {
 
     /// Reads the metadata back from a map written by [`to_map`](Self::to_map); extra keys are
     /// ignored. The error names the missing or malformed field.
-    pub fn from_map<K: AsRef<str> + Ord, V: AsRef<str>>(map: &BTreeMap<K, V>) -> Result<Self, String> {
+    pub fn from_map<K: AsRef<str> + Ord, V: AsRef<str>>(
+        map: &BTreeMap<K, V>,
+    ) -> Result<Self, String> {
         let get = |field: &str| -> Result<String, String> {
             map.iter()
                 .find(|(k, _)| k.as_ref() == field)
@@ -70,9 +79,9 @@ impl EmbeddingMeta {
             weights_sha256: get("weights_sha256")?,
             preprocess: get("preprocess")?,
             pooling: get("pooling")?,
-            l2_normalized: l2
-                .parse()
-                .map_err(|_| format!("metadata field \"l2_normalized\" is {l2:?}, not true/false"))?,
+            l2_normalized: l2.parse().map_err(|_| {
+                format!("metadata field \"l2_normalized\" is {l2:?}, not true/false")
+            })?,
             dim: dim
                 .parse()
                 .map_err(|_| format!("metadata field \"dim\" is {dim:?}, not a number"))?,
@@ -131,9 +140,18 @@ pub fn save_embeddings(
     let offset_bytes: Vec<u8> = offsets.iter().flat_map(|o| o.to_le_bytes()).collect();
     let dtype = if f16 { Dtype::F16 } else { Dtype::F32 };
     let tensors = [
-        (EMBEDDINGS, TensorView::new(dtype, vec![ids.len(), meta.dim], &values)),
-        (ID_BYTES, TensorView::new(Dtype::U8, vec![id_bytes.len()], &id_bytes)),
-        (ID_OFFSETS, TensorView::new(Dtype::I64, vec![offsets.len()], &offset_bytes)),
+        (
+            EMBEDDINGS,
+            TensorView::new(dtype, vec![ids.len(), meta.dim], &values),
+        ),
+        (
+            ID_BYTES,
+            TensorView::new(Dtype::U8, vec![id_bytes.len()], &id_bytes),
+        ),
+        (
+            ID_OFFSETS,
+            TensorView::new(Dtype::I64, vec![offsets.len()], &offset_bytes),
+        ),
     ];
     let mut tensors_ok = Vec::new();
     for (name, view) in tensors {
@@ -141,10 +159,17 @@ pub fn save_embeddings(
     }
     let mut metadata: HashMap<String, String> = meta.to_map().into_iter().collect();
     metadata.insert("format".into(), FORMAT_NAME.into());
-    metadata.insert("format_version".into(), EMBEDDINGS_FORMAT_VERSION.to_string());
-    metadata.insert("tool_version".into(), concat!("wtb-embed ", env!("CARGO_PKG_VERSION")).into());
+    metadata.insert(
+        "format_version".into(),
+        EMBEDDINGS_FORMAT_VERSION.to_string(),
+    );
+    metadata.insert(
+        "tool_version".into(),
+        concat!("wtb-embed ", env!("CARGO_PKG_VERSION")).into(),
+    );
     metadata.insert("dtype".into(), if f16 { "f16" } else { "f32" }.into());
-    let bytes = safetensors::serialize(tensors_ok, Some(metadata)).map_err(|e| bad(e.to_string()))?;
+    let bytes =
+        safetensors::serialize(tensors_ok, Some(metadata)).map_err(|e| bad(e.to_string()))?;
     write_atomically(path, &bytes)
 }
 
@@ -159,10 +184,14 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), EmbedErr
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| EmbedError::InvalidArgument(format!("{} is not a file path", path.display())))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", file_name.to_string_lossy(), std::process::id()));
+    let file_name = path.file_name().ok_or_else(|| {
+        EmbedError::InvalidArgument(format!("{} is not a file path", path.display()))
+    })?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
     let result = (|| {
         let mut file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
         file.write_all(bytes).map_err(io(&tmp))?;
@@ -217,11 +246,18 @@ pub fn load_embeddings(
         }
     }
     let tensors = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
-    let tensor = |name: &str| tensors.tensor(name).map_err(|e| bad(format!("tensor {name}: {e}")));
+    let tensor = |name: &str| {
+        tensors
+            .tensor(name)
+            .map_err(|e| bad(format!("tensor {name}: {e}")))
+    };
     let embeddings = tensor(EMBEDDINGS)?;
     let shape = embeddings.shape();
     if shape.len() != 2 || shape[1] != meta.dim {
-        return Err(bad(format!("embeddings shape {shape:?}, metadata dim {}", meta.dim)));
+        return Err(bad(format!(
+            "embeddings shape {shape:?}, metadata dim {}",
+            meta.dim
+        )));
     }
     let vectors: Vec<f32> = match embeddings.dtype() {
         Dtype::F32 => embeddings
@@ -234,7 +270,11 @@ pub fn load_embeddings(
             .chunks_exact(2)
             .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
             .collect(),
-        other => return Err(bad(format!("embeddings dtype {other:?}, expected F32 or F16"))),
+        other => {
+            return Err(bad(format!(
+                "embeddings dtype {other:?}, expected F32 or F16"
+            )))
+        }
     };
     let id_bytes = tensor(ID_BYTES)?;
     let offsets = tensor(ID_OFFSETS)?;
@@ -247,7 +287,11 @@ pub fn load_embeddings(
         .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
         .collect();
     if offsets.len() != shape[0] + 1 {
-        return Err(bad(format!("{} id offsets for {} vectors", offsets.len(), shape[0])));
+        return Err(bad(format!(
+            "{} id offsets for {} vectors",
+            offsets.len(),
+            shape[0]
+        )));
     }
     let data = id_bytes.data();
     let mut ids = Vec::with_capacity(shape[0]);
@@ -292,7 +336,11 @@ mod tests {
         for (a, b) in v.iter().zip(&vectors) {
             assert!((a - b).abs() <= 1e-3 * b.abs().max(1e-3), "{a} vs {b}");
         }
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "temporary file left behind");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "temporary file left behind"
+        );
     }
 
     #[test]
@@ -303,8 +351,13 @@ mod tests {
         let mut other = meta();
         other.pooling = "max".into();
         other.l2_normalized = false;
-        let err = load_embeddings(&path, Some(&other)).unwrap_err().to_string();
-        assert!(err.contains("pooling: avg vs max") && err.contains("l2_normalized"), "{err}");
+        let err = load_embeddings(&path, Some(&other))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("pooling: avg vs max") && err.contains("l2_normalized"),
+            "{err}"
+        );
         assert!(!err.contains("model:"), "{err}");
     }
 

@@ -68,7 +68,12 @@ pub fn find_local_weights(model: ModelKind, dirs: &[PathBuf]) -> Option<PathBuf>
 /// feature) a download from the Hugging Face hub. When nothing is found the error lists every
 /// place searched and what to put where.
 pub fn resolve_weights(model: ModelKind, explicit: Option<&Path>) -> Result<PathBuf, EmbedError> {
-    resolve_weights_in(model, explicit, &weight_search_dirs(), cfg!(feature = "hub"))
+    resolve_weights_in(
+        model,
+        explicit,
+        &weight_search_dirs(),
+        cfg!(feature = "hub"),
+    )
 }
 
 pub(crate) fn resolve_weights_in(
@@ -93,19 +98,25 @@ pub(crate) fn resolve_weights_in(
     let mut searched: Vec<String> = dirs
         .iter()
         .map(|dir| {
-            let names = EXTENSIONS.map(|ext| format!("{}.{ext}", model.name())).join(", ");
+            let names = EXTENSIONS
+                .map(|ext| format!("{}.{ext}", model.name()))
+                .join(", ");
             format!("  {}: no {names}", dir.display())
         })
         .collect();
     match (hub_repo(model), use_hub) {
         (Some(repo), true) => match download_from_hub(repo) {
             Ok(path) => return Ok(path),
-            Err(reason) => searched.push(format!("  Hugging Face hub {repo}/model.safetensors: {reason}")),
+            Err(reason) => searched.push(format!(
+                "  Hugging Face hub {repo}/model.safetensors: {reason}"
+            )),
         },
         (Some(repo), false) => searched.push(format!(
             "  Hugging Face hub {repo}: not tried (built without the `hub` feature)"
         )),
-        (None, _) => searched.push("  Hugging Face hub: no known repository for this layout".to_string()),
+        (None, _) => {
+            searched.push("  Hugging Face hub: no known repository for this layout".to_string())
+        }
     }
     let first_dir = dirs
         .first()
@@ -180,7 +191,8 @@ pub(crate) fn open_var_builder(
     } else {
         // SAFETY: the file is mapped read-only; like every reader of memory-mapped files we
         // rely on it not being truncated while the model loads (tensors are copied out).
-        unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, device) }.map_err(weights_error)?
+        unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, device) }
+            .map_err(weights_error)?
     };
     let (native, timm) = match model {
         ModelKind::MobileNetV2 => ("features.0.0.weight", Some("conv_stem.weight")),
@@ -201,7 +213,10 @@ pub(crate) fn open_var_builder(
         path: path.to_path_buf(),
         model: model.name().to_string(),
         detail: match timm {
-            Some(timm) => format!("found neither {native} ({}) nor {timm} (timm)", model.layouts()[0]),
+            Some(timm) => format!(
+                "found neither {native} ({}) nor {timm} (timm)",
+                model.layouts()[0]
+            ),
             None => format!("no tensor {native} ({} layout)", model.layouts().join("/")),
         },
     })
@@ -215,8 +230,9 @@ pub(crate) struct SyntheticWeights;
 const SYNTHETIC_SEED: u64 = 1;
 
 fn fnv1a64(s: &str) -> u64 {
-    s.bytes()
-        .fold(0xcbf29ce484222325, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+    s.bytes().fold(0xcbf29ce484222325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
 }
 
 /// `n` values of the recipe's uniform stream for `name` and `seed`, in [0, 1).
@@ -263,7 +279,14 @@ pub(crate) fn synthetic_values(name: &str, shape: &[usize]) -> candle_core::Resu
 }
 
 impl SimpleBackend for SyntheticWeights {
-    fn get(&self, s: Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         let values = synthetic_values(name, s.dims())?;
         Tensor::from_vec(values, s, dev)?.to_dtype(dtype)
     }
@@ -288,12 +311,23 @@ mod tests {
         assert_eq!(fnv1a64("foobar"), 0x85944171f73967e8);
         assert_eq!(fnv1a64("conv1.weight"), 0x69a29a2cee47d254);
         let conv1 = synthetic_values("conv1.weight", &[64, 3, 7, 7]).unwrap();
-        let expected = [-0.17180079019361386f64, 0.07766313073014078, -0.06636303079827452];
+        let expected = [
+            -0.17180079019361386f64,
+            0.07766313073014078,
+            -0.06636303079827452,
+        ];
         for (got, want) in conv1.iter().zip(expected) {
             assert_eq!(*got, want as f32);
         }
         let var = synthetic_values("layer1.0.bn1.running_var", &[64]).unwrap();
-        assert_eq!(&var[..3], &[0.9707130193710327f64 as f32, 1.466137945652008f64 as f32, 0.9941369891166687f64 as f32]);
+        assert_eq!(
+            &var[..3],
+            &[
+                0.9707130193710327f64 as f32,
+                1.466137945652008f64 as f32,
+                0.9941369891166687f64 as f32
+            ]
+        );
         let vgg = synthetic_values("features.0.weight", &[64, 3, 3, 3]).unwrap();
         assert_eq!(vgg[0], -0.012282603180438782f64 as f32);
         let input = stream_u("input", 2, 2);
@@ -316,8 +350,13 @@ mod tests {
         for place in &dirs {
             assert!(err.contains(&place.display().to_string()), "{err}");
         }
-        assert!(err.contains("efficientnet_lite0.safetensors") && err.contains("WTB_MODELS_DIR"), "{err}");
-        let err = resolve_weights_in(ModelKind::ResNet50, None, &dirs, false).unwrap_err().to_string();
+        assert!(
+            err.contains("efficientnet_lite0.safetensors") && err.contains("WTB_MODELS_DIR"),
+            "{err}"
+        );
+        let err = resolve_weights_in(ModelKind::ResNet50, None, &dirs, false)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("timm/resnet50"), "{err}");
     }
 
@@ -329,7 +368,10 @@ mod tests {
         std::fs::create_dir_all(&b).unwrap();
         std::fs::write(b.join("vgg16.pth"), b"x").unwrap();
         let dirs = vec![a.clone(), b.clone()];
-        assert_eq!(resolve_weights_in(ModelKind::Vgg16, None, &dirs, false).unwrap(), b.join("vgg16.pth"));
+        assert_eq!(
+            resolve_weights_in(ModelKind::Vgg16, None, &dirs, false).unwrap(),
+            b.join("vgg16.pth")
+        );
         std::fs::write(a.join("vgg16.safetensors"), b"x").unwrap();
         assert_eq!(
             resolve_weights_in(ModelKind::Vgg16, None, &dirs, false).unwrap(),

@@ -3,10 +3,12 @@
 //! Each skips with a message when the reference files are absent.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use wtb_embed::{imagenet_class_name, Embedder, EmbedderConfig, ModelKind, IMAGENET_MEAN, IMAGENET_STD};
+use wtb_embed::{
+    imagenet_class_name, Embedder, EmbedderConfig, ModelKind, IMAGENET_MEAN, IMAGENET_STD,
+};
 
 fn shared_file(relative: &str) -> Option<PathBuf> {
     let root = std::env::var_os("WTB_SHARED_DIR")
@@ -16,31 +18,52 @@ fn shared_file(relative: &str) -> Option<PathBuf> {
     if path.is_file() {
         Some(path)
     } else {
-        eprintln!("skipping: {} not found (set WTB_SHARED_DIR)", path.display());
+        eprintln!(
+            "skipping: {} not found (set WTB_SHARED_DIR)",
+            path.display()
+        );
         None
     }
 }
 
-fn load(path: &PathBuf) -> HashMap<String, Tensor> {
+fn load(path: &Path) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(path, &Device::Cpu).unwrap()
 }
 
 fn values(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    t.to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.dims(), b.dims());
-    values(a).iter().zip(values(b)).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+    values(a)
+        .iter()
+        .zip(values(b))
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
 }
 
 /// ‖a−b‖/‖b‖ and max|a−b|/max|b|.
 fn relative_errors(a: &Tensor, b: &Tensor) -> (f64, f64) {
     assert_eq!(a.dims(), b.dims(), "shapes differ");
     let (a, b) = (values(a), values(b));
-    let diff: f64 = a.iter().zip(&b).map(|(x, y)| (x - y).powi(2)).sum::<f64>().sqrt();
+    let diff: f64 = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).powi(2))
+        .sum::<f64>()
+        .sqrt();
     let norm: f64 = b.iter().map(|y| y * y).sum::<f64>().sqrt();
-    let max_diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    let max_diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max);
     let max_b = b.iter().map(|y| y.abs()).fold(0.0, f64::max);
     (diff / norm, max_diff / max_b)
 }
@@ -56,7 +79,10 @@ fn real_weights_embedder(model: ModelKind, file: &str) -> Option<Embedder> {
 fn mobilenet_v2_matches_reference_embedding_and_logits() {
     let (Some(reference), Some(embedder)) = (
         shared_file("models/reference_cat_224.safetensors"),
-        real_weights_embedder(ModelKind::MobileNetV2, "mobilenet_v2_torchvision_imagenet1k.safetensors"),
+        real_weights_embedder(
+            ModelKind::MobileNetV2,
+            "mobilenet_v2_torchvision_imagenet1k.safetensors",
+        ),
     ) else {
         return;
     };
@@ -74,7 +100,10 @@ fn mobilenet_v2_matches_reference_embedding_and_logits() {
 fn efficientnet_lite0_matches_reference_logits() {
     let (Some(reference), Some(embedder)) = (
         shared_file("models/reference_cat_224.safetensors"),
-        real_weights_embedder(ModelKind::EfficientNetLite0, "efficientnet_lite0_imagenet1k.safetensors"),
+        real_weights_embedder(
+            ModelKind::EfficientNetLite0,
+            "efficientnet_lite0_imagenet1k.safetensors",
+        ),
     ) else {
         return;
     };
@@ -91,14 +120,24 @@ fn cat_bmp_through_torchvision_preprocessing_is_an_egyptian_cat() {
     };
     let image = image::open(&cat).unwrap().to_rgb8();
     for (model, file) in [
-        (ModelKind::MobileNetV2, "mobilenet_v2_torchvision_imagenet1k.safetensors"),
-        (ModelKind::EfficientNetLite0, "efficientnet_lite0_imagenet1k.safetensors"),
+        (
+            ModelKind::MobileNetV2,
+            "mobilenet_v2_torchvision_imagenet1k.safetensors",
+        ),
+        (
+            ModelKind::EfficientNetLite0,
+            "efficientnet_lite0_imagenet1k.safetensors",
+        ),
     ] {
         let Some(embedder) = real_weights_embedder(model, file) else {
             return;
         };
         let top = embedder.classify(&image, 5).unwrap();
-        assert_eq!(imagenet_class_name(top[0].0), Some("Egyptian cat"), "{model}: {top:?}");
+        assert_eq!(
+            imagenet_class_name(top[0].0),
+            Some("Egyptian cat"),
+            "{model}: {top:?}"
+        );
     }
 }
 
@@ -111,7 +150,12 @@ fn torchvision_preprocessing_reproduces_the_reference_input() {
         return;
     };
     let image = image::open(&cat).unwrap().to_rgb8();
-    let ours = wtb_embed::preprocess_image(&image, wtb_embed::Preprocess::Torchvision, ModelKind::MobileNetV2).unwrap();
+    let ours = wtb_embed::preprocess_image(
+        &image,
+        wtb_embed::Preprocess::Torchvision,
+        ModelKind::MobileNetV2,
+    )
+    .unwrap();
     let ours = Tensor::from_vec(ours, (1, 3, 224, 224), &Device::Cpu).unwrap();
     let reference = load(&reference);
     let (rel_l2, _) = relative_errors(&ours, &reference["input"]);
@@ -124,8 +168,9 @@ fn torchvision_preprocessing_reproduces_the_reference_input() {
 /// The normalised synthetic input of a golden case: the recipe's stream "input" with `seed`.
 fn golden_input(shape: (usize, usize, usize, usize), seed: u64) -> Tensor {
     fn fnv1a64(s: &str) -> u64 {
-        s.bytes()
-            .fold(0xcbf29ce484222325, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+        s.bytes().fold(0xcbf29ce484222325, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100000001b3)
+        })
     }
     let (n, c, h, w) = shape;
     let mut state = seed ^ fnv1a64("input");
@@ -152,7 +197,10 @@ const CASES: [(&str, (usize, usize, usize, usize), u64); 3] = [
 
 fn assert_close(what: &str, ours: &Tensor, golden: &Tensor) {
     let (rel_l2, rel_max) = relative_errors(ours, golden);
-    assert!(rel_l2 <= 1e-4 && rel_max <= 1e-4, "{what}: relative L2 {rel_l2:.2e}, relative max {rel_max:.2e}");
+    assert!(
+        rel_l2 <= 1e-4 && rel_max <= 1e-4,
+        "{what}: relative L2 {rel_l2:.2e}, relative max {rel_max:.2e}"
+    );
 }
 
 #[test]
@@ -161,20 +209,31 @@ fn resnet50_with_synthetic_weights_matches_torchvision() {
         return;
     };
     let golden = load(&golden);
-    let embedder = Embedder::with_synthetic_weights(&EmbedderConfig::new(ModelKind::ResNet50)).unwrap();
+    let embedder =
+        Embedder::with_synthetic_weights(&EmbedderConfig::new(ModelKind::ResNet50)).unwrap();
     for (case, shape, seed) in CASES {
         let input = golden_input(shape, seed);
         let map = embedder.feature_map(&input).unwrap();
-        let want_shape: Vec<i64> = golden[&format!("resnet50.layer4_shape.{case}")].to_vec1().unwrap();
+        let want_shape: Vec<i64> = golden[&format!("resnet50.layer4_shape.{case}")]
+            .to_vec1()
+            .unwrap();
         let got_shape: Vec<i64> = map.dims().iter().map(|d| *d as i64).collect();
         assert_eq!(got_shape, want_shape, "{case} layer4 shape");
         if let Some(full) = golden.get(&format!("resnet50.layer4.{case}")) {
             assert_close(&format!("resnet50 layer4 {case}"), &map, full);
         }
         let pooled = embedder.embed_tensor(&input).unwrap();
-        assert_close(&format!("resnet50 pooled {case}"), &pooled, &golden[&format!("resnet50.pooled.{case}")]);
+        assert_close(
+            &format!("resnet50 pooled {case}"),
+            &pooled,
+            &golden[&format!("resnet50.pooled.{case}")],
+        );
         let logits = embedder.logits_tensor(&input).unwrap();
-        assert_close(&format!("resnet50 logits {case}"), &logits, &golden[&format!("resnet50.logits.{case}")]);
+        assert_close(
+            &format!("resnet50 logits {case}"),
+            &logits,
+            &golden[&format!("resnet50.logits.{case}")],
+        );
     }
 }
 
@@ -184,17 +243,24 @@ fn vgg16_with_synthetic_weights_matches_torchvision() {
         return;
     };
     let golden = load(&golden);
-    let embedder = Embedder::with_synthetic_weights(&EmbedderConfig::new(ModelKind::Vgg16)).unwrap();
+    let embedder =
+        Embedder::with_synthetic_weights(&EmbedderConfig::new(ModelKind::Vgg16)).unwrap();
     for (case, shape, seed) in CASES {
         let input = golden_input(shape, seed);
         let map = embedder.feature_map(&input).unwrap();
-        let want_shape: Vec<i64> = golden[&format!("vgg16.features_shape.{case}")].to_vec1().unwrap();
+        let want_shape: Vec<i64> = golden[&format!("vgg16.features_shape.{case}")]
+            .to_vec1()
+            .unwrap();
         let got_shape: Vec<i64> = map.dims().iter().map(|d| *d as i64).collect();
         assert_eq!(got_shape, want_shape, "{case} features shape");
         if let Some(full) = golden.get(&format!("vgg16.features.{case}")) {
             assert_close(&format!("vgg16 features {case}"), &map, full);
         }
         let pooled = embedder.embed_tensor(&input).unwrap();
-        assert_close(&format!("vgg16 pooled {case}"), &pooled, &golden[&format!("vgg16.pooled.{case}")]);
+        assert_close(
+            &format!("vgg16 pooled {case}"),
+            &pooled,
+            &golden[&format!("vgg16.pooled.{case}")],
+        );
     }
 }

@@ -8,20 +8,20 @@
 //! - [`category`]: `queries.csv` (path, category) against `gallery.csv` (path, product,
 //!   category); a hit is a gallery photo of the query's category.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use wtb_dataset::BBox;
+use wtb_dataset::{
+    photo_path, BBox, Category, Exclusions, Labels, PairSplit, ProductKey, ProductSplit,
+    QueryOptions,
+};
 
-use crate::metrics::{SplitMix64, Target};
+pub use wtb_dataset::{ORIGINAL_CATEGORIES, ORIGINAL_SEED};
+
+use crate::metrics::Target;
 use crate::report::SkippedItem;
 use crate::EvalError;
-
-/// The seed of the original project's split.
-pub const ORIGINAL_SEED: u64 = 2018;
-/// The categories the original project evaluated.
-pub const ORIGINAL_CATEGORIES: [&str; 2] = ["dresses", "tops"];
 
 /// One query: an image (or a box of it) and what counts as a correct answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -86,283 +86,166 @@ pub struct Protocol {
     pub category_targets: bool,
 }
 
-#[derive(Deserialize)]
-struct PairRecord {
-    photo: u64,
-    product: u64,
-    bbox: JsonBox,
-}
-
-#[derive(Deserialize)]
-struct JsonBox {
-    left: f64,
-    top: f64,
-    width: f64,
-    height: f64,
-}
-
-#[derive(Deserialize)]
-struct ShopRecord {
-    photo: u64,
-    product: u64,
-}
-
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>, EvalError> {
-    let bytes = std::fs::read(path).map_err(|source| EvalError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    serde_json::from_slice(&bytes).map_err(|e| EvalError::Format {
-        path: path.to_path_buf(),
-        reason: format!("not a street2shop label file: {e}"),
+fn load_labels(labels: &Path) -> Result<Labels, EvalError> {
+    Labels::load(labels).map_err(|problems| EvalError::Format {
+        path: labels.to_path_buf(),
+        reason: problems.to_string(),
     })
 }
 
-/// The label files present in `labels`: (kind, category) → path, kind in `train_pairs`,
-/// `test_pairs`, `retrieval`.
-fn label_files(labels: &Path) -> Result<BTreeMap<(String, String), PathBuf>, EvalError> {
-    let entries = std::fs::read_dir(labels).map_err(|source| EvalError::Io {
-        path: labels.to_path_buf(),
-        source,
-    })?;
-    let mut files = BTreeMap::new();
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(stem) = name.strip_suffix(".json") else {
-            continue;
-        };
-        for kind in ["train_pairs", "test_pairs", "retrieval"] {
-            if let Some(category) = stem.strip_prefix(kind).and_then(|s| s.strip_prefix('_')) {
-                files.insert((kind.to_string(), category.to_string()), entry.path());
-            }
-        }
-    }
-    if files.is_empty() {
-        return Err(EvalError::Format {
-            path: labels.to_path_buf(),
-            reason:
-                "no street2shop label files ({train,test}_pairs_<cat>.json, retrieval_<cat>.json)"
-                    .into(),
-        });
-    }
-    Ok(files)
-}
-
-fn photo_file(photos: &Path, photo: u64) -> PathBuf {
-    wtb_dataset::photo_path(photos, wtb_dataset::PhotoId(photo))
-}
-
-/// Whether a box can be cropped at all (finite, positive size).
-fn usable_box(b: &JsonBox) -> bool {
-    [b.left, b.top, b.width, b.height]
-        .iter()
-        .all(|v| v.is_finite())
-        && b.width > 0.0
-        && b.height > 0.0
-}
-
-fn to_query(category: &str, record: &PairRecord, photos: &Path) -> Query {
+fn to_query(query: &wtb_dataset::Query, photos: &Path) -> Query {
+    let category = query.product.category.as_str();
     Query {
-        id: format!("{category}/{}/{}", record.photo, record.product),
-        path: photo_file(photos, record.photo),
-        bbox: Some(BBox {
-            left: record.bbox.left,
-            top: record.bbox.top,
-            width: record.bbox.width,
-            height: record.bbox.height,
-        }),
+        id: format!("{category}/{}/{}", query.photo.0, query.product.product.0),
+        path: photo_path(photos, query.photo),
+        bbox: Some(query.bbox),
         category: category.to_string(),
-        target: Target::Product(record.product),
+        target: Target::Product(query.product.product.0),
     }
 }
 
-fn shop_photos(
-    files: &BTreeMap<(String, String), PathBuf>,
-    category: &str,
-    photos: &Path,
-    excluded: &HashSet<u64>,
-    skipped: &mut Vec<SkippedItem>,
-) -> Result<Vec<GalleryPhoto>, EvalError> {
-    let Some(path) = files.get(&("retrieval".to_string(), category.to_string())) else {
-        return Ok(Vec::new());
-    };
-    let mut seen = HashSet::new();
-    let mut gallery = Vec::new();
-    for record in read_json::<ShopRecord>(path)? {
-        if excluded.contains(&record.photo) {
-            continue;
-        }
-        if !seen.insert(record.photo) {
-            skipped.push(SkippedItem {
-                item: format!("{category} shop photo {}", record.photo),
-                reason: "listed twice in the retrieval file; kept once".into(),
-            });
-            continue;
-        }
-        gallery.push(GalleryPhoto {
-            photo: record.photo,
-            product: record.product,
-            category: category.to_string(),
-            path: photo_file(photos, record.photo),
-        });
+fn to_gallery(item: &wtb_dataset::GalleryItem, photos: &Path) -> GalleryPhoto {
+    GalleryPhoto {
+        photo: item.photo.0,
+        product: item.product.product.0,
+        category: item.product.category.as_str().to_string(),
+        path: photo_path(photos, item.photo),
     }
-    Ok(gallery)
 }
 
-/// The original protocol: dresses and tops street photos showing a single item (a photo with
-/// exactly one record across all pairs files of all categories), train and test pairs
-/// together (no model is trained here); each category's products, sorted by id, are
-/// shuffled with `seed` and split in half (validation gets the extra one); each half's
-/// queries search that half's shop photos.
+fn skipped_queries(queries: &wtb_dataset::Queries) -> Vec<SkippedItem> {
+    queries
+        .skipped
+        .iter()
+        .map(|s| SkippedItem {
+            item: format!(
+                "query {}/{}/{} ({:?} pairs record {})",
+                s.product.category, s.photo.0, s.product.product.0, s.split, s.record
+            ),
+            reason: format!("{:?}", s.reason),
+        })
+        .collect()
+}
+
+fn categories(names: &[&str]) -> Result<BTreeSet<Category>, EvalError> {
+    names
+        .iter()
+        .map(|n| Category::new(n).map_err(|e| EvalError::Config(e.to_string())))
+        .collect()
+}
+
+/// The original protocol: the `test_pairs` street photos of dresses and tops that show a
+/// single item (one pair record over all categories and files), their products split with
+/// `seed` into a validation and a test half (`wtb_dataset::ProductSplit`); each half's
+/// queries search the shop photos of that half's products, per category.
 pub fn original(labels: &Path, photos: &Path, seed: u64) -> Result<Protocol, EvalError> {
-    let files = label_files(labels)?;
-    let mut records_per_photo: HashMap<u64, usize> = HashMap::new();
-    let mut pairs: BTreeMap<String, Vec<PairRecord>> = BTreeMap::new();
-    for ((kind, category), path) in &files {
-        if kind == "retrieval" {
-            continue;
-        }
-        let records: Vec<PairRecord> = read_json(path)?;
-        for r in &records {
-            *records_per_photo.entry(r.photo).or_default() += 1;
-        }
-        if ORIGINAL_CATEGORIES.contains(&category.as_str()) {
-            pairs.entry(category.clone()).or_default().extend(records);
-        }
-    }
+    let labels = load_labels(labels)?;
+    let wanted = categories(&ORIGINAL_CATEGORIES)?;
+    let queries = labels.queries(&QueryOptions {
+        categories: Some(wanted.clone()),
+        splits: vec![PairSplit::Test],
+        single_item_only: true,
+    });
+    let split =
+        ProductSplit::new(seed, &[0.5, 0.5]).map_err(|e| EvalError::Config(e.to_string()))?;
+    let halves = split.split_queries(&queries.queries);
+    let gallery = labels.gallery(Some(&wanted), None);
 
-    let mut skipped = Vec::new();
-    let mut validation = Vec::new();
-    let mut test = Vec::new();
-    for category in ORIGINAL_CATEGORIES {
-        let mut queries: Vec<Query> = Vec::new();
-        for record in pairs.get(category).map(Vec::as_slice).unwrap_or_default() {
-            if records_per_photo.get(&record.photo).copied().unwrap_or(0) != 1 {
-                continue;
-            }
-            if !usable_box(&record.bbox) {
-                skipped.push(SkippedItem {
-                    item: format!("query {category}/{}/{}", record.photo, record.product),
-                    reason: "box has no area".into(),
-                });
-                continue;
-            }
-            queries.push(to_query(category, record, photos));
-        }
-        queries.sort_by(|a, b| a.id.cmp(&b.id));
-        queries.dedup_by(|a, b| a.id == b.id);
-
-        let products: BTreeSet<u64> = queries
+    let mut sets = Vec::new();
+    for (name, half) in ["validation", "test"].iter().zip(&halves) {
+        let products: HashSet<&ProductKey> = half.iter().map(|q| &q.product).collect();
+        let groups = wanted
             .iter()
-            .filter_map(|q| match q.target {
-                Target::Product(p) => Some(p),
-                Target::Category(_) => None,
-            })
-            .collect();
-        let mut products: Vec<u64> = products.into_iter().collect();
-        shuffle(&mut products, seed);
-        let half = products.len().div_ceil(2);
-        let validation_products: HashSet<u64> = products[..half].iter().copied().collect();
-
-        let gallery = shop_photos(&files, category, photos, &HashSet::new(), &mut skipped)?;
-        for (name, sets) in [("validation", &mut validation), ("test", &mut test)] {
-            let in_half = |p: u64| validation_products.contains(&p) == (name == "validation");
-            sets.push(SearchGroup {
-                name: category.to_string(),
-                queries: queries
+            .map(|category| SearchGroup {
+                name: category.as_str().to_string(),
+                queries: half
                     .iter()
-                    .filter(|q| matches!(q.target, Target::Product(p) if in_half(p)))
-                    .cloned()
+                    .filter(|q| q.product.category == *category)
+                    .map(|q| to_query(q, photos))
                     .collect(),
                 gallery: gallery
+                    .items
                     .iter()
-                    .filter(|g| in_half(g.product))
-                    .cloned()
+                    .filter(|g| g.product.category == *category && products.contains(&g.product))
+                    .map(|g| to_gallery(g, photos))
                     .collect(),
-            });
-        }
+            })
+            .collect();
+        sets.push(EvalSet {
+            name: name.to_string(),
+            groups,
+        });
     }
     let notes = vec![
         format!(
-            "Protocol `original`: street photos of {} that show a single item, their products split \
-             with seed {seed} into a validation and a test half; each half's queries are cropped to \
-             their box and searched against the shop photos of that half's products only; hits are \
-             counted over distinct products.",
+            "Protocol `original`: `test_pairs` street photos of {} that show a single item, their \
+             products split with seed {seed} into a validation and a test half; each half's queries \
+             are cropped to their box and searched against the shop photos of that half's products \
+             only; hits are counted over distinct products.",
             ORIGINAL_CATEGORIES.join(" and ")
         ),
         "Differences from the original that cannot be removed: the original shuffled with \
-         Python's generator, whose permutation is not reproduced here (we use SplitMix64 \
-         Fisher-Yates over the sorted product ids), so the halves hold different products; its \
-         label JSON is rebuilt (record order differs); train and test pairs are both used as \
-         queries because no model is trained; a street photo counts as single-item when it has \
-         exactly one record across all categories' pairs files."
+         Python's generator, whose permutation is not reproduced here (SplitMix64 Fisher-Yates \
+         over the sorted product keys instead), so the halves hold different products; the \
+         label JSON is rebuilt (record order differs); a street photo counts as single-item \
+         when it has exactly one pair record across all categories and both pairs files."
             .to_string(),
     ];
     Ok(Protocol {
         name: "original".into(),
         notes,
-        sets: vec![
-            EvalSet {
-                name: "validation".into(),
-                groups: validation,
-            },
-            EvalSet {
-                name: "test".into(),
-                groups: test,
-            },
-        ],
-        skipped,
+        sets,
+        skipped: skipped_queries(&queries)
+            .into_iter()
+            .filter(|s| !s.reason.starts_with("MultipleItems"))
+            .collect(),
         category_targets: false,
     })
 }
 
-/// The full protocol: for every category with a `test_pairs` file, every test record is a
-/// query (cropped to its box) searched against all shop photos of that category in the
-/// retrieval file, distractors included, less the photo ids in `excluded` (a cleaning list).
-pub fn full(labels: &Path, photos: &Path, excluded: &HashSet<u64>) -> Result<Protocol, EvalError> {
-    let files = label_files(labels)?;
-    let mut skipped = Vec::new();
+/// The full protocol: for every category, every `test_pairs` record is a query (cropped to
+/// its box) searched against all shop photos of that category, distractors included, less
+/// the photos of `exclusions` (the output of dataset cleaning).
+pub fn full(
+    labels: &Path,
+    photos: &Path,
+    exclusions: Option<&Exclusions>,
+) -> Result<Protocol, EvalError> {
+    let labels = load_labels(labels)?;
+    let queries = labels.queries(&QueryOptions {
+        categories: None,
+        splits: vec![PairSplit::Test],
+        single_item_only: false,
+    });
+    let gallery = labels.gallery(None, exclusions);
     let mut groups = Vec::new();
-    for ((kind, category), path) in &files {
-        if kind != "test_pairs" {
+    for category in labels.category_names() {
+        let group_queries: Vec<Query> = queries
+            .queries
+            .iter()
+            .filter(|q| q.product.category == *category)
+            .map(|q| to_query(q, photos))
+            .collect();
+        if group_queries.is_empty() {
             continue;
         }
-        let mut queries = Vec::new();
-        let mut seen = HashSet::new();
-        for record in read_json::<PairRecord>(path)? {
-            let item = format!("query {category}/{}/{}", record.photo, record.product);
-            if !usable_box(&record.bbox) {
-                skipped.push(SkippedItem {
-                    item,
-                    reason: "box has no area".into(),
-                });
-                continue;
-            }
-            if !seen.insert((record.photo, record.product)) {
-                skipped.push(SkippedItem {
-                    item,
-                    reason: "duplicate record".into(),
-                });
-                continue;
-            }
-            queries.push(to_query(category, &record, photos));
-        }
-        queries.sort_by(|a, b| a.id.cmp(&b.id));
-        let gallery = shop_photos(&files, category, photos, excluded, &mut skipped)?;
         groups.push(SearchGroup {
-            name: category.clone(),
-            queries,
-            gallery,
+            name: category.as_str().to_string(),
+            queries: group_queries,
+            gallery: gallery
+                .items
+                .iter()
+                .filter(|g| g.product.category == *category)
+                .map(|g| to_gallery(g, photos))
+                .collect(),
         });
     }
     let notes = vec![format!(
         "Protocol `full`: every category; queries are the `test_pairs` records cropped to their box; \
-         each searches all shop photos of its category in the retrieval file, distractor products \
-         included{}.",
-        if excluded.is_empty() {
-            String::from(" (no exclusion list given: junk photos stay in the gallery)")
-        } else {
-            format!(", less {} excluded photos", excluded.len())
+         each searches all shop photos of its category, distractor products included{}.",
+        match exclusions {
+            None => String::from(" (no exclusion file given: junk photos stay in the gallery)"),
+            Some(e) => format!(", less the {} photos of the exclusion file ({} records)", e.len(), gallery.excluded_records),
         }
     )];
     Ok(Protocol {
@@ -372,39 +255,9 @@ pub fn full(labels: &Path, photos: &Path, excluded: &HashSet<u64>) -> Result<Pro
             name: "test".into(),
             groups,
         }],
-        skipped,
+        skipped: skipped_queries(&queries),
         category_targets: false,
     })
-}
-
-/// Reads an exclusion list: one photo id per line in the first comma-separated column; blank
-/// lines, `#` comments and a non-numeric header line are ignored.
-pub fn read_exclusions(path: &Path) -> Result<HashSet<u64>, EvalError> {
-    let text = std::fs::read_to_string(path).map_err(|source| EvalError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let mut ids = HashSet::new();
-    for (index, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let field = line.split(',').next().unwrap_or_default().trim();
-        match field.parse::<u64>() {
-            Ok(id) => {
-                ids.insert(id);
-            }
-            Err(_) if index == 0 => {}
-            Err(_) => {
-                return Err(EvalError::Format {
-                    path: path.to_path_buf(),
-                    reason: format!("line {}: {field:?} is not a photo id", index + 1),
-                })
-            }
-        }
-    }
-    Ok(ids)
 }
 
 fn read_csv(path: &Path, columns: &[&str]) -> Result<Vec<Vec<String>>, EvalError> {
@@ -518,15 +371,6 @@ pub fn category(queries: &Path, gallery: &Path) -> Result<Protocol, EvalError> {
     })
 }
 
-/// Fisher-Yates with SplitMix64: the same permutation for the same seed on every platform.
-fn shuffle<T>(items: &mut [T], seed: u64) {
-    let mut rng = SplitMix64::new(seed);
-    for i in (1..items.len()).rev() {
-        let j = rng.below(i + 1);
-        items.swap(i, j);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -544,21 +388,17 @@ mod tests {
     fn labels() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        // Photo 100 shows two items (dress and top): not single-item.
+        // Photo 100 shows two items (a dress and a top): not single-item.
         let dresses: Vec<String> = (0..6)
             .map(|i| pair(10 + i, 1 + i))
             .chain([pair(100, 1)])
             .collect();
         write(
             d,
-            "train_pairs_dresses.json",
+            "test_pairs_dresses.json",
             &format!("[{}]", dresses.join(",")),
         );
-        write(
-            d,
-            "test_pairs_dresses.json",
-            &format!("[{}]", [pair(20, 2), pair(21, 9)].join(",")),
-        );
+        write(d, "train_pairs_dresses.json", &format!("[{}]", pair(40, 9)));
         write(
             d,
             "test_pairs_tops.json",
@@ -581,70 +421,92 @@ mod tests {
         dir
     }
 
+    fn target_products(group: &SearchGroup) -> BTreeSet<u64> {
+        group
+            .queries
+            .iter()
+            .map(|q| match q.target {
+                Target::Product(p) => p,
+                Target::Category(_) => 0,
+            })
+            .collect()
+    }
+
     #[test]
-    fn original_splits_single_item_dress_and_top_queries_by_product() {
+    fn original_splits_single_item_dress_and_top_test_queries_by_product() {
         let dir = labels();
         let p = original(dir.path(), Path::new("photos"), ORIGINAL_SEED).unwrap();
         assert_eq!(p.sets.len(), 2);
-        let dresses: Vec<&SearchGroup> = p.sets.iter().map(|s| &s.groups[0]).collect();
-        let products = |g: &SearchGroup| -> BTreeSet<u64> {
-            g.queries
-                .iter()
-                .map(|q| match q.target {
-                    Target::Product(p) => p,
-                    Target::Category(_) => 0,
-                })
-                .collect()
-        };
-        let (v, t) = (products(dresses[0]), products(dresses[1]));
-        // Products 1..=6 and 9 (photo 100 excluded as two-item; product 1 still has photo 10).
-        assert_eq!(v.len() + t.len(), 7);
-        assert_eq!(v.len(), 4);
-        assert!(v.is_disjoint(&t));
-        // Galleries hold exactly their half's products.
-        for (group, half) in [(dresses[0], &v), (dresses[1], &t)] {
-            assert!(group.gallery.iter().all(|g| half.contains(&g.product)));
+        let mut halves = Vec::new();
+        for set in &p.sets {
+            assert_eq!(
+                set.groups
+                    .iter()
+                    .map(|g| g.name.as_str())
+                    .collect::<Vec<_>>(),
+                ["dresses", "tops"]
+            );
+            let mut products = BTreeSet::new();
+            for group in &set.groups {
+                let targets = target_products(group);
+                // A half's gallery holds exactly its own products' photos.
+                assert!(
+                    group.gallery.iter().all(|g| targets.contains(&g.product)),
+                    "{group:?}"
+                );
+                products.extend(targets.into_iter().map(|t| (group.name.clone(), t)));
+            }
+            halves.push(products);
         }
-        // Photo 100 never appears as a query.
-        assert!(p
+        // Dresses 1..=6 and top 50; photo 100 (two items) and train photo 40 are not queries.
+        assert_eq!(halves[0].len() + halves[1].len(), 7);
+        assert_eq!(halves[0].len(), 4);
+        assert!(halves[0].is_disjoint(&halves[1]));
+        let all_queries = p
             .sets
             .iter()
             .flat_map(|s| &s.groups)
-            .flat_map(|g| &g.queries)
-            .all(|q| !q.id.contains("/100/")));
+            .flat_map(|g| &g.queries);
+        assert!(all_queries
+            .clone()
+            .all(|q| !q.id.contains("/100/") && !q.id.contains("/40/")));
+        let q = all_queries.clone().next().unwrap();
+        let photo = q.id.split('/').nth(1).unwrap();
+        assert_eq!(q.path, Path::new("photos").join(format!("{photo}.jpg")));
         // Deterministic, and the seed matters.
         assert_eq!(
             original(dir.path(), Path::new("photos"), ORIGINAL_SEED).unwrap(),
             p
         );
-        let other: Vec<Protocol> = (0..5)
+        let others: Vec<Protocol> = (0..6)
             .map(|s| original(dir.path(), Path::new("photos"), s).unwrap())
             .collect();
-        assert!(other.iter().any(|o| o.sets != p.sets));
-        assert_eq!(
-            dresses[0].queries[0].path,
-            Path::new("photos").join(format!(
-                "{}.jpg",
-                dresses[0].queries[0].id.split('/').nth(1).unwrap()
-            ))
-        );
+        assert!(others.iter().any(|o| o.sets != p.sets));
     }
 
     #[test]
     fn full_uses_test_pairs_and_all_shop_photos_less_exclusions() {
         let dir = labels();
-        let excluded: HashSet<u64> = [2000].into_iter().collect();
-        let p = full(dir.path(), Path::new("photos"), &excluded).unwrap();
+        write(
+            dir.path(),
+            "exclusions.json",
+            r#"{"format":"wtb-exclusions","version":1,"config":null,"excluded":[{"photo":2000,"reason":"placeholder"}]}"#,
+        );
+        let exclusions = Exclusions::load(&dir.path().join("exclusions.json")).unwrap();
+        let p = full(dir.path(), Path::new("photos"), Some(&exclusions)).unwrap();
         let groups = &p.sets[0].groups;
         assert_eq!(
             groups.iter().map(|g| g.name.as_str()).collect::<Vec<_>>(),
             ["dresses", "tops"]
         );
-        assert_eq!(groups[0].queries.len(), 2);
+        // Every test record is a query, two-item photos included; train records are not.
+        assert_eq!(groups[0].queries.len(), 7);
         assert_eq!(groups[0].gallery.len(), 7);
-        // Two-item photos stay in `full`: each record is a query; distractor 77 is in the gallery.
         assert_eq!(groups[1].queries.len(), 2);
+        // Distractor product 77 (no street photo) is in the gallery.
         assert!(groups[1].gallery.iter().any(|g| g.product == 77));
+        let without = full(dir.path(), Path::new("photos"), None).unwrap();
+        assert_eq!(without.sets[0].groups[0].gallery.len(), 8);
     }
 
     #[test]
@@ -655,18 +517,29 @@ mod tests {
             "test_pairs_hats.json",
             r#"[{"photo":5,"product":6,"bbox":{"left":1,"top":2,"width":0,"height":0}}]"#,
         );
-        let p = full(dir.path(), Path::new("photos"), &HashSet::new()).unwrap();
-        assert!(p.skipped.iter().any(|s| s.item == "query hats/5/6"));
+        write(
+            dir.path(),
+            "retrieval_hats.json",
+            r#"[{"photo":6000,"product":6}]"#,
+        );
+        let p = full(dir.path(), Path::new("photos"), None).unwrap();
+        assert!(
+            p.skipped
+                .iter()
+                .any(|s| s.item.starts_with("query hats/5/6")),
+            "{:?}",
+            p.skipped
+        );
     }
 
     #[test]
     fn bad_label_file_names_the_file() {
         let dir = labels();
-        write(dir.path(), "test_pairs_bags.json", "{not json");
-        let err = full(dir.path(), Path::new("photos"), &HashSet::new())
+        write(dir.path(), "test_pairs_tops.json", "{not json");
+        let err = full(dir.path(), Path::new("photos"), None)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("test_pairs_bags.json"), "{err}");
+        assert!(err.contains("test_pairs_tops.json"), "{err}");
     }
 
     #[test]
@@ -698,22 +571,5 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("bad.csv") && err.contains("\"path\""), "{err}");
-    }
-
-    #[test]
-    fn exclusion_lists_parse() {
-        let dir = tempfile::tempdir().unwrap();
-        write(
-            dir.path(),
-            "ex.csv",
-            "photo,reason\n12,placeholder\n# note\n\n13\n",
-        );
-        let ids = read_exclusions(&dir.path().join("ex.csv")).unwrap();
-        assert_eq!(ids, [12, 13].into_iter().collect());
-        write(dir.path(), "bad.csv", "12\nabc\n");
-        assert!(read_exclusions(&dir.path().join("bad.csv"))
-            .unwrap_err()
-            .to_string()
-            .contains("line 2"));
     }
 }

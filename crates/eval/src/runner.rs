@@ -505,13 +505,13 @@ fn search_group(
         .map(|(query, found)| {
             let ranking: Vec<RankedPhoto> = found
                 .iter()
-                .filter_map(|n| gallery.get(n.position))
-                .zip(&found)
-                .map(|(photo, n)| RankedPhoto {
-                    photo: photo.photo,
-                    product: photo.product,
-                    category: photo.category.clone(),
-                    score: n.score,
+                .filter_map(|n| {
+                    gallery.get(n.position).map(|photo| RankedPhoto {
+                        photo: photo.photo,
+                        product: photo.product,
+                        category: photo.category.clone(),
+                        score: n.score,
+                    })
                 })
                 .collect();
             score_query(&query.id, &query.category, &query.target, &ranking, ks)

@@ -23,7 +23,6 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use crate::gallery::{Gallery, Precision, Selection};
-use crate::metric::Metric;
 use crate::topk::{Entry, TopK};
 use crate::{Filter, ProductHit, SearchError, SearchRequest, VectorSearch};
 
@@ -759,9 +758,4 @@ impl Drop for AtomicFile {
             let _ = std::fs::remove_file(&self.temp);
         }
     }
-}
-
-#[allow(dead_code)]
-fn _assert_metric_is_copy(m: Metric) -> Metric {
-    m
 }

@@ -27,7 +27,14 @@ struct MbConv {
 }
 
 impl MbConv {
-    fn new(cin: usize, cout: usize, kernel: usize, stride: usize, expansion: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(
+        cin: usize,
+        cout: usize,
+        kernel: usize,
+        stride: usize,
+        expansion: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let hidden = cin * expansion;
         let expand = if expansion == 1 {
             None
@@ -89,17 +96,36 @@ pub(crate) struct EfficientNetLite0 {
 
 impl EfficientNetLite0 {
     pub(crate) fn new(vb: VarBuilder) -> Result<Self> {
-        let stem = ConvBn::new(ConvSpec::new(3, 32, 3, 2), EPS, Act::Relu6, vb.pp("_conv_stem"), vb.pp("_bn0"))?;
+        let stem = ConvBn::new(
+            ConvSpec::new(3, 32, 3, 2),
+            EPS,
+            Act::Relu6,
+            vb.pp("_conv_stem"),
+            vb.pp("_bn0"),
+        )?;
         let mut blocks = Vec::new();
         let blocks_vb = vb.pp("_blocks");
         for (repeats, kernel, stride, expansion, cin, cout) in STAGES {
             for i in 0..repeats {
                 let (block_in, block_stride) = if i == 0 { (cin, stride) } else { (cout, 1) };
                 let index = blocks.len();
-                blocks.push(MbConv::new(block_in, cout, kernel, block_stride, expansion, blocks_vb.pp(index))?);
+                blocks.push(MbConv::new(
+                    block_in,
+                    cout,
+                    kernel,
+                    block_stride,
+                    expansion,
+                    blocks_vb.pp(index),
+                )?);
             }
         }
-        let head = ConvBn::new(ConvSpec::new(320, 1280, 1, 1), EPS, Act::Relu6, vb.pp("_conv_head"), vb.pp("_bn1"))?;
+        let head = ConvBn::new(
+            ConvSpec::new(320, 1280, 1, 1),
+            EPS,
+            Act::Relu6,
+            vb.pp("_conv_head"),
+            vb.pp("_bn1"),
+        )?;
         let classifier = optional_linear(1280, 1000, vb.pp("_fc"))?;
         Ok(EfficientNetLite0 {
             stem,

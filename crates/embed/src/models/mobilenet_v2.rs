@@ -37,10 +37,22 @@ impl InvertedResidual {
                 vb.pp("0.0"),
                 vb.pp("0.1"),
             )?;
-            let project = ConvBn::new(ConvSpec::new(hidden, cout, 1, 1), EPS, Act::None, vb.pp("1"), vb.pp("2"))?;
+            let project = ConvBn::new(
+                ConvSpec::new(hidden, cout, 1, 1),
+                EPS,
+                Act::None,
+                vb.pp("1"),
+                vb.pp("2"),
+            )?;
             (None, depthwise, project)
         } else {
-            let expand = ConvBn::new(ConvSpec::new(cin, hidden, 1, 1), EPS, Act::Relu6, vb.pp("0.0"), vb.pp("0.1"))?;
+            let expand = ConvBn::new(
+                ConvSpec::new(cin, hidden, 1, 1),
+                EPS,
+                Act::Relu6,
+                vb.pp("0.0"),
+                vb.pp("0.1"),
+            )?;
             let depthwise = ConvBn::new(
                 ConvSpec::depthwise(hidden, 3, stride),
                 EPS,
@@ -48,7 +60,13 @@ impl InvertedResidual {
                 vb.pp("1.0"),
                 vb.pp("1.1"),
             )?;
-            let project = ConvBn::new(ConvSpec::new(hidden, cout, 1, 1), EPS, Act::None, vb.pp("2"), vb.pp("3"))?;
+            let project = ConvBn::new(
+                ConvSpec::new(hidden, cout, 1, 1),
+                EPS,
+                Act::None,
+                vb.pp("2"),
+                vb.pp("3"),
+            )?;
             (Some(expand), depthwise, project)
         };
         Ok(InvertedResidual {
@@ -87,14 +105,26 @@ pub(crate) struct MobileNetV2 {
 impl MobileNetV2 {
     pub(crate) fn new(vb: VarBuilder) -> Result<Self> {
         let features = vb.pp("features");
-        let stem = ConvBn::new(ConvSpec::new(3, 32, 3, 2), EPS, Act::Relu6, features.pp("0.0"), features.pp("0.1"))?;
+        let stem = ConvBn::new(
+            ConvSpec::new(3, 32, 3, 2),
+            EPS,
+            Act::Relu6,
+            features.pp("0.0"),
+            features.pp("0.1"),
+        )?;
         let mut blocks = Vec::new();
         let mut cin = 32;
         let mut index = 1;
         for (t, c, n, s) in STAGES {
             for i in 0..n {
                 let stride = if i == 0 { s } else { 1 };
-                blocks.push(InvertedResidual::new(cin, c, stride, t, features.pp(index))?);
+                blocks.push(InvertedResidual::new(
+                    cin,
+                    c,
+                    stride,
+                    t,
+                    features.pp(index),
+                )?);
                 cin = c;
                 index += 1;
             }
@@ -169,7 +199,12 @@ pub(crate) fn timm_name(torchvision: &str) -> String {
         if stage == 0 {
             module(
                 &prefix,
-                &[("conv.0.0", "conv_dw"), ("conv.0.1", "bn1"), ("conv.1", "conv_pw"), ("conv.2", "bn2")],
+                &[
+                    ("conv.0.0", "conv_dw"),
+                    ("conv.0.1", "bn1"),
+                    ("conv.1", "conv_pw"),
+                    ("conv.2", "bn2"),
+                ],
             )
         } else {
             module(
@@ -196,11 +231,23 @@ mod tests {
     fn timm_names() {
         assert_eq!(timm_name("features.0.0.weight"), "conv_stem.weight");
         assert_eq!(timm_name("features.0.1.running_var"), "bn1.running_var");
-        assert_eq!(timm_name("features.1.conv.0.0.weight"), "blocks.0.0.conv_dw.weight");
+        assert_eq!(
+            timm_name("features.1.conv.0.0.weight"),
+            "blocks.0.0.conv_dw.weight"
+        );
         assert_eq!(timm_name("features.1.conv.2.bias"), "blocks.0.0.bn2.bias");
-        assert_eq!(timm_name("features.2.conv.0.0.weight"), "blocks.1.0.conv_pw.weight");
-        assert_eq!(timm_name("features.3.conv.1.1.weight"), "blocks.1.1.bn2.weight");
-        assert_eq!(timm_name("features.17.conv.2.weight"), "blocks.6.0.conv_pwl.weight");
+        assert_eq!(
+            timm_name("features.2.conv.0.0.weight"),
+            "blocks.1.0.conv_pw.weight"
+        );
+        assert_eq!(
+            timm_name("features.3.conv.1.1.weight"),
+            "blocks.1.1.bn2.weight"
+        );
+        assert_eq!(
+            timm_name("features.17.conv.2.weight"),
+            "blocks.6.0.conv_pwl.weight"
+        );
         assert_eq!(timm_name("features.16.conv.3.bias"), "blocks.5.2.bn3.bias");
         assert_eq!(timm_name("features.18.0.weight"), "conv_head.weight");
         assert_eq!(timm_name("features.18.1.weight"), "bn2.weight");

@@ -96,7 +96,8 @@ impl ConvBn {
         conv_vb: VarBuilder,
         bn_vb: VarBuilder,
     ) -> Result<Self> {
-        let conv = candle_nn::conv2d_no_bias(spec.cin, spec.cout, spec.kernel, spec.config(), conv_vb)?;
+        let conv =
+            candle_nn::conv2d_no_bias(spec.cin, spec.cout, spec.kernel, spec.config(), conv_vb)?;
         let bn = candle_nn::batch_norm(spec.cout, eps, bn_vb)?;
         Ok(ConvBn { conv, bn, act })
     }

@@ -20,9 +20,27 @@ struct Bottleneck {
 impl Bottleneck {
     fn new(cin: usize, width: usize, stride: usize, vb: VarBuilder) -> Result<Self> {
         let cout = width * EXPANSION;
-        let conv1 = ConvBn::new(ConvSpec::new(cin, width, 1, 1), EPS, Act::Relu, vb.pp("conv1"), vb.pp("bn1"))?;
-        let conv2 = ConvBn::new(ConvSpec::new(width, width, 3, stride), EPS, Act::Relu, vb.pp("conv2"), vb.pp("bn2"))?;
-        let conv3 = ConvBn::new(ConvSpec::new(width, cout, 1, 1), EPS, Act::None, vb.pp("conv3"), vb.pp("bn3"))?;
+        let conv1 = ConvBn::new(
+            ConvSpec::new(cin, width, 1, 1),
+            EPS,
+            Act::Relu,
+            vb.pp("conv1"),
+            vb.pp("bn1"),
+        )?;
+        let conv2 = ConvBn::new(
+            ConvSpec::new(width, width, 3, stride),
+            EPS,
+            Act::Relu,
+            vb.pp("conv2"),
+            vb.pp("bn2"),
+        )?;
+        let conv3 = ConvBn::new(
+            ConvSpec::new(width, cout, 1, 1),
+            EPS,
+            Act::None,
+            vb.pp("conv3"),
+            vb.pp("bn3"),
+        )?;
         let downsample = if stride != 1 || cin != cout {
             Some(ConvBn::new(
                 ConvSpec::new(cin, cout, 1, stride),
@@ -66,10 +84,19 @@ pub(crate) struct ResNet50 {
 
 impl ResNet50 {
     pub(crate) fn new(vb: VarBuilder) -> Result<Self> {
-        let stem = ConvBn::new(ConvSpec::new(3, 64, 7, 2), EPS, Act::Relu, vb.pp("conv1"), vb.pp("bn1"))?;
+        let stem = ConvBn::new(
+            ConvSpec::new(3, 64, 7, 2),
+            EPS,
+            Act::Relu,
+            vb.pp("conv1"),
+            vb.pp("bn1"),
+        )?;
         let mut blocks = Vec::new();
         let mut cin = 64;
-        for (layer, (repeats, width)) in [(3, 64), (4, 128), (6, 256), (3, 512)].into_iter().enumerate() {
+        for (layer, (repeats, width)) in [(3, 64), (4, 128), (6, 256), (3, 512)]
+            .into_iter()
+            .enumerate()
+        {
             let layer_vb = vb.pp(format!("layer{}", layer + 1));
             for i in 0..repeats {
                 let stride = if i == 0 && layer > 0 { 2 } else { 1 };

@@ -55,7 +55,13 @@ impl Vgg16 {
         for layer in LAYERS {
             match layer {
                 Some(cout) => {
-                    layers.push(Layer::Conv(candle_nn::conv2d(cin, cout, 3, config, features.pp(index))?));
+                    layers.push(Layer::Conv(candle_nn::conv2d(
+                        cin,
+                        cout,
+                        3,
+                        config,
+                        features.pp(index),
+                    )?));
                     cin = cout;
                     index += 2;
                 }

@@ -1,0 +1,299 @@
+//! Speed of the fast CPU plans (wtb-kernels), measured against references in the same run:
+//!
+//! 1. the machine's f32 GEMM floor (`gemm` crate, 1024³, all rayon threads);
+//! 2. MobileNetV2 fast plan vs ONNX Runtime on the same weights, interleaved, `--passes`
+//!    passes, batch 1 and 32, with achieved GFLOP/s (0.599 GFLOP per image);
+//! 3. each fast plan vs the stock candle path (same weights, same process), batch 1 and 8;
+//! 4. with `--profile`: time per layer type of both paths.
+//!
+//! Run it through `benches/kernels_vs_onnx.sh`, which builds the ONNX model and sets the
+//! priority. Options: `--passes N` (3), `--onnx FILE` + `--python EXE` (skip ORT without),
+//! `--ort-threads N` (rayon's thread count), `--quick`, `--profile`, `--skip-stock`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use wtb_kernels::{Plan, Reference};
+
+struct Args {
+    passes: usize,
+    onnx: Option<PathBuf>,
+    python: String,
+    ort_threads: usize,
+    quick: bool,
+    profile: bool,
+    skip_stock: bool,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut a = Args {
+        passes: 3,
+        onnx: None,
+        python: "python3".into(),
+        ort_threads: rayon::current_num_threads(),
+        quick: false,
+        profile: false,
+        skip_stock: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = |what: &str| it.next().with_context(|| format!("{what} needs a value"));
+        match arg.as_str() {
+            "--passes" => a.passes = value("--passes")?.parse()?,
+            "--onnx" => a.onnx = Some(value("--onnx")?.into()),
+            "--python" => a.python = value("--python")?,
+            "--ort-threads" => a.ort_threads = value("--ort-threads")?.parse()?,
+            "--quick" => a.quick = true,
+            "--profile" => a.profile = true,
+            "--skip-stock" => a.skip_stock = true,
+            "--bench" => {} // passed by `cargo bench`
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    Ok(a)
+}
+
+fn shared_dir() -> PathBuf {
+    std::env::var_os("WTB_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared")))
+}
+
+/// Deterministic pseudo-normalised input `[n, 3, h, w]` in about [-2, 2].
+fn input(n: usize, h: usize, w: usize) -> Result<Tensor> {
+    let mut state = 0x2545f4914f6cdd1du64;
+    let v: Vec<f32> = (0..n * 3 * h * w)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / 16777216.0) * 4.0 - 2.0
+        })
+        .collect();
+    Ok(Tensor::from_vec(v, (n, 3, h, w), &Device::Cpu)?)
+}
+
+/// Median and best seconds per call of `f` over `runs` timed calls after `warmup`.
+fn time<F: FnMut() -> Result<()>>(warmup: usize, runs: usize, mut f: F) -> Result<(f64, f64)> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut t = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let s = Instant::now();
+        f()?;
+        t.push(s.elapsed().as_secs_f64());
+    }
+    t.sort_by(f64::total_cmp);
+    Ok((t[t.len() / 2], t[0]))
+}
+
+fn gemm_floor() -> Result<f64> {
+    let n = 1024;
+    let a = vec![1.0f32; n * n];
+    let b = vec![0.5f32; n * n];
+    let mut c = vec![0.0f32; n * n];
+    let (median, _) = time(2, 10, || {
+        // SAFETY: all three buffers hold n×n values, row-major.
+        unsafe {
+            gemm::gemm(
+                n,
+                n,
+                n,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                n as isize,
+                b.as_ptr(),
+                1,
+                n as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(0),
+            )
+        };
+        Ok(())
+    })?;
+    Ok(2.0 * (n * n * n) as f64 / median / 1e9)
+}
+
+fn ort_rate(args: &Args, onnx: &Path, batch: usize, runs: usize) -> Result<f64> {
+    let worker = concat!(env!("CARGO_MANIFEST_DIR"), "/kernels_ort_worker.py");
+    let out = Command::new(&args.python)
+        .arg(worker)
+        .arg(onnx)
+        .arg(batch.to_string())
+        .arg(runs.to_string())
+        .arg(args.ort_threads.to_string())
+        .output()
+        .with_context(|| format!("running {} {worker}", args.python))?;
+    if !out.status.success() {
+        bail!("ORT worker failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("ORT worker output")?;
+    let mut times: Vec<f64> = v["times"]
+        .as_array()
+        .context("no times")?
+        .iter()
+        .filter_map(|t| t.as_f64())
+        .collect();
+    times.sort_by(f64::total_cmp);
+    let median = *times.get(times.len() / 2).context("no timed runs")?;
+    Ok(batch as f64 / median)
+}
+
+fn load_vb(path: &Path) -> Result<VarBuilder<'static>> {
+    let tensors = candle_core::safetensors::load(path, &Device::Cpu)
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu))
+}
+
+/// ResNet50 with random weights on the tensor names of shared/golden/names_shapes.txt
+/// (no real ResNet weights exist here; speed does not depend on the values).
+fn resnet50_vb(names_shapes: &Path) -> Result<VarBuilder<'static>> {
+    let text = std::fs::read_to_string(names_shapes)
+        .with_context(|| format!("reading {}", names_shapes.display()))?;
+    let mut tensors = HashMap::new();
+    let mut in_resnet = false;
+    for line in text.lines() {
+        if let Some(h) = line.strip_prefix("## ") {
+            in_resnet = h.starts_with("resnet50");
+            continue;
+        }
+        if !in_resnet || line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let mut cols = line.split('\t');
+        let name = cols.next().context("name")?;
+        let shape: Vec<usize> = cols
+            .next()
+            .context("shape")?
+            .trim_matches(|c| c == '[' || c == ']')
+            .split(',')
+            .map(|s| s.trim().parse())
+            .collect::<Result<_, _>>()?;
+        let numel: usize = shape.iter().product();
+        let t = if name.ends_with("running_var") {
+            Tensor::ones(shape, DType::F32, &Device::Cpu)?
+        } else {
+            let fan_in = shape.iter().skip(1).product::<usize>().max(1) as f64;
+            let scale = if shape.len() > 1 { (3.0 / fan_in).sqrt() } else { 0.1 };
+            (Tensor::rand(-1f32, 1f32, numel, &Device::Cpu)?.affine(scale, 0.0)?).reshape(shape)?
+        };
+        tensors.insert(name.to_string(), t);
+    }
+    Ok(VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu))
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    let shared = shared_dir();
+    let threads = rayon::current_num_threads();
+    let runs = |batch: usize| -> usize {
+        let base = if batch >= 32 { 5 } else { 30 };
+        if args.quick {
+            base / 3 + 1
+        } else {
+            base
+        }
+    };
+    println!("# wtb-kernels speed");
+    println!("rayon threads (fast plan and stock candle): {threads}; ORT intra_op threads: {}", args.ort_threads);
+    let floor = gemm_floor()?;
+    println!("f32 GEMM floor (gemm crate 0.19, 1024^3, {threads} threads): {floor:.1} GFLOP/s\n");
+
+    let mnv2_path = shared.join("models/mobilenet_v2_torchvision_imagenet1k.safetensors");
+    let mnv2 = Plan::mobilenet_v2(load_vb(&mnv2_path)?)?;
+    let gflop = 2.0 * mnv2.macs_per_image(224, 224).context("macs")? as f64 / 1e9;
+    println!("MobileNetV2 features: {gflop:.4} GFLOP per image (224x224)\n");
+
+    // 1. MobileNetV2 fast plan vs ONNX Runtime, interleaved per pass and batch.
+    println!("## MobileNetV2: fast plan vs ONNX Runtime (median img/s per pass)\n");
+    println!("| pass | batch | fast img/s | fast GFLOP/s | ORT img/s | ORT GFLOP/s | fast / ORT |");
+    println!("|---|---|---|---|---|---|---|");
+    for pass in 1..=args.passes {
+        for batch in [1usize, 32] {
+            let x = input(batch, 224, 224)?;
+            let (median, _) = time(2, runs(batch), || {
+                mnv2.features(&x)?;
+                Ok(())
+            })?;
+            let fast = batch as f64 / median;
+            let ort = match &args.onnx {
+                Some(onnx) => Some(ort_rate(&args, onnx, batch, runs(batch))?),
+                None => None,
+            };
+            let (ort_s, ort_g, ratio) = match ort {
+                Some(o) => (format!("{o:.1}"), format!("{:.1}", o * gflop), format!("{:.2}x", fast / o)),
+                None => ("-".into(), "-".into(), "-".into()),
+            };
+            println!(
+                "| {pass} | {batch} | {fast:.1} | {:.1} | {ort_s} | {ort_g} | {ratio} |",
+                fast * gflop
+            );
+        }
+    }
+
+    // 2. Fast plans vs the stock candle path.
+    let effl0_path = shared.join("models/efficientnet_lite0_imagenet1k.safetensors");
+    let resnet_names = shared.join("golden/names_shapes.txt");
+    type Builder = fn(VarBuilder<'static>) -> wtb_kernels::Result<Plan>;
+    type RefBuilder = fn(VarBuilder<'static>) -> wtb_kernels::Result<Reference>;
+    let models: Vec<(&str, VarBuilder<'static>, Builder, RefBuilder)> = vec![
+        ("mobilenet_v2", load_vb(&mnv2_path)?, Plan::mobilenet_v2, Reference::mobilenet_v2),
+        ("efficientnet_lite0", load_vb(&effl0_path)?, Plan::efficientnet_lite0, Reference::efficientnet_lite0),
+        ("resnet50", resnet50_vb(&resnet_names)?, Plan::resnet50, Reference::resnet50),
+    ];
+    if !args.skip_stock {
+        println!("\n## Fast plan vs stock candle (same weights, same process, median img/s)\n");
+        println!("| model | batch | stock candle img/s | fast img/s | speed-up | fast GFLOP/s |");
+        println!("|---|---|---|---|---|---|");
+        for (name, vb, plan_of, reference_of) in &models {
+            let plan = plan_of(vb.clone())?;
+            let reference = reference_of(vb.clone())?;
+            let g = 2.0 * plan.macs_per_image(224, 224).context("macs")? as f64 / 1e9;
+            for batch in [1usize, 8] {
+                let x = input(batch, 224, 224)?;
+                let stock_runs = if args.quick { 2 } else { 5 };
+                let (stock, _) = time(1, stock_runs, || {
+                    reference.features(&x)?;
+                    Ok(())
+                })?;
+                let (fast, _) = time(2, runs(batch), || {
+                    plan.features(&x)?;
+                    Ok(())
+                })?;
+                let (s, f) = (batch as f64 / stock, batch as f64 / fast);
+                println!("| {name} | {batch} | {s:.1} | {f:.1} | {:.1}x | {:.1} |", f / s, f * g);
+            }
+        }
+    }
+
+    // 3. Time per layer type.
+    if args.profile {
+        println!("\n## Profiles (time per layer type)\n");
+        for (_, vb, plan_of, reference_of) in &models {
+            let plan = plan_of(vb.clone())?;
+            let reference = reference_of(vb.clone())?;
+            for batch in [1usize, 32] {
+                let x = input(batch, 224, 224)?;
+                plan.features(&x)?;
+                println!("batch {batch}:\n{}", plan.profile(&x, if batch == 1 { 20 } else { 3 })?);
+            }
+            let x = input(8, 224, 224)?;
+            println!("batch 8:\n{}", reference.profile(&x, 1)?);
+        }
+    }
+    Ok(())
+}
