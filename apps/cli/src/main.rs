@@ -7,8 +7,10 @@ use clap::{Parser, Subcommand};
 mod dataset;
 mod embed;
 mod eval;
+mod index;
 mod models;
 mod progress;
+mod search;
 
 #[derive(Parser)]
 #[command(
@@ -35,6 +37,11 @@ enum Command {
     Embed(Box<embed::EmbedArgs>),
     /// Print the top ImageNet classes of an image (a sanity check of a model and its weights).
     Classify(Box<embed::ClassifyArgs>),
+    /// Build, update and inspect the searchable index of a shop's gallery.
+    #[command(subcommand)]
+    Index(index::IndexCommand),
+    /// Find the products of an index that look most like a photo.
+    Search(Box<search::SearchArgs>),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +52,8 @@ fn main() -> ExitCode {
         Command::Models(command) => models::run(command),
         Command::Embed(args) => embed::run_embed(*args),
         Command::Classify(args) => embed::run_classify(*args),
+        Command::Index(command) => index::run(command),
+        Command::Search(args) => search::run(*args),
     };
     match outcome {
         Ok(code) => code,

@@ -11,7 +11,7 @@
 //!
 //! ```
 //! use std::collections::BTreeMap;
-//! use wtb_search::{Filter, Gallery, Index, Metric, PhotoRecord, Precision, SearchRequest, VectorSearch};
+//! use wtb_search::{Gallery, Index, Metric, PhotoRecord, Precision, SearchRequest, VectorSearch};
 //!
 //! // Exact k-NN on a bare matrix.
 //! let gallery = Gallery::new(2, vec![1.0, 0.0, 0.0, 1.0, 0.7, 0.7], Precision::F32)?;
@@ -28,7 +28,7 @@
 //!     PhotoRecord { category: "hats".into(), product: 7, photo: 3 },
 //! ];
 //! index.add(&photos, &[1.0, 0.0, 0.9, 0.1, 0.0, 1.0])?;
-//! let request = SearchRequest { k: 5, metric: Metric::Cosine, filter: Filter::default() };
+//! let request = SearchRequest::new(5, Metric::Cosine);
 //! let hits = index.search(&[1.0, 0.05], &request)?;
 //! assert_eq!(hits.len(), 2); // one hit per (category, product)
 //! assert_eq!((hits[0].category.as_str(), hits[0].photo), ("bags", 1));
@@ -36,6 +36,7 @@
 //! ```
 
 mod gallery;
+mod hnsw;
 mod index;
 mod kernels;
 mod metric;
@@ -45,7 +46,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 pub use gallery::{Gallery, Neighbor, Precision};
-pub use index::{Index, IndexInfo, PhotoRecord, SegmentInfo, FORMAT_VERSION};
+pub use index::{Index, IndexInfo, PhotoRecord, SegmentInfo, APPROXIMATE_MIN_PHOTOS, FORMAT_VERSION};
 pub use metric::{rank_key, Metric, UnknownMetric};
 
 /// Restricts a search to some categories and/or some products. Empty sets mean "no restriction".
@@ -71,6 +72,20 @@ impl Filter {
     }
 }
 
+/// Exact scan or approximate (HNSW) search.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SearchMode {
+    /// Approximate when the index has an HNSW graph, the metric is cosine and the index holds
+    /// at least [`APPROXIMATE_MIN_PHOTOS`] photos; exact otherwise.
+    #[default]
+    Auto,
+    /// Always the exact scan.
+    Exact,
+    /// Always the HNSW graph (an error if the index has none or the metric is not cosine).
+    Approximate,
+}
+
 /// What to search for.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SearchRequest {
@@ -80,6 +95,20 @@ pub struct SearchRequest {
     pub metric: Metric,
     /// Which photos may be returned.
     pub filter: Filter,
+    /// Exact or approximate.
+    pub mode: SearchMode,
+}
+
+impl SearchRequest {
+    /// The `k` best products under `metric`, no filter, automatic mode.
+    pub fn new(k: usize, metric: Metric) -> SearchRequest {
+        SearchRequest {
+            k,
+            metric,
+            filter: Filter::default(),
+            mode: SearchMode::Auto,
+        }
+    }
 }
 
 /// One answer: a product, its best-matching photo and that photo's score.
@@ -146,14 +175,14 @@ pub enum SearchError {
         /// Vectors given.
         vectors: usize,
     },
-    /// A photo id is already in the index.
-    #[error("photo {photo} is already in the index (category {category}, product {product})")]
+    /// A (photo, category, product) item is already in the index or repeats in a batch.
+    #[error("photo {photo} of product {product} ({category}) is already in the index or repeats in the batch")]
     DuplicatePhoto {
         /// The photo id.
         photo: u64,
-        /// Its category in the index.
+        /// The product's category.
         category: String,
-        /// Its product in the index.
+        /// The product.
         product: u64,
     },
     /// A file could not be read or written.

@@ -4,7 +4,8 @@ use std::collections::{BTreeMap, HashSet};
 
 use proptest::prelude::*;
 use wtb_search::{
-    rank_key, Filter, Gallery, Index, Metric, PhotoRecord, Precision, SearchRequest, VectorSearch,
+    rank_key, Filter, Gallery, Index, Metric, PhotoRecord, Precision, SearchMode, SearchRequest,
+    VectorSearch,
 };
 
 /// Plain sequential formulas of scipy's cdist (and the inner product), independent of the
@@ -144,7 +145,7 @@ proptest! {
         if let Some(c) = only_category {
             filter.categories.insert(categories[c as usize].to_string());
         }
-        let request = SearchRequest { k, metric, filter: filter.clone() };
+        let request = SearchRequest { k, metric, filter: filter.clone(), mode: SearchMode::Exact };
         for query in &queries {
             let hits = index.search(query, &request).unwrap();
             let mut seen = HashSet::new();

@@ -1,0 +1,97 @@
+//! `wtb search`: the products of an index that look most like a photo.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use wtb_dataset::{crop, load_rgb, BBox, DecodeLimits};
+use wtb_embed::DeviceChoice;
+use wtb_search::{Filter, Metric, SearchMode, SearchRequest, VectorSearch};
+
+use crate::index::{embedder_for, load};
+
+#[derive(Args)]
+pub struct SearchArgs {
+    /// The query photo.
+    image: PathBuf,
+    /// The index to search.
+    #[arg(long)]
+    index: PathBuf,
+    /// Search only this box of the photo: x,y,w,h in pixels.
+    #[arg(long, value_name = "X,Y,W,H")]
+    bbox: Option<String>,
+    /// Number of products to return.
+    #[arg(short, default_value_t = 12)]
+    k: usize,
+    /// cosine, euclidean, sqeuclidean, inner_product, manhattan or chebyshev.
+    #[arg(long, default_value = "cosine")]
+    metric: Metric,
+    /// Only these categories (repeatable or comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    category: Vec<String>,
+    /// exact, approximate or auto (approximate for big indexes that have an HNSW graph).
+    #[arg(long, default_value = "auto")]
+    mode: String,
+    /// The weights file (must be the one the index was built with).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Where the model runs: cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceChoice,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_bbox(text: &str) -> anyhow::Result<BBox> {
+    let values: Vec<f64> = text
+        .split(',')
+        .map(|v| v.trim().parse::<f64>().with_context(|| format!("--bbox {text:?}: {v:?} is not a number")))
+        .collect::<anyhow::Result<_>>()?;
+    match values[..] {
+        [x, y, w, h] => Ok(BBox::new(x, y, w, h)),
+        _ => bail!("--bbox {text:?} needs four numbers x,y,w,h"),
+    }
+}
+
+pub fn run(args: SearchArgs) -> anyhow::Result<ExitCode> {
+    let mode = match args.mode.as_str() {
+        "auto" => SearchMode::Auto,
+        "exact" => SearchMode::Exact,
+        "approximate" => SearchMode::Approximate,
+        other => bail!("--mode {other:?}: expected auto, exact or approximate"),
+    };
+    let index = load(&args.index)?;
+    let embedder = embedder_for(&index, args.weights.clone(), args.device)?;
+    let mut image = load_rgb(&args.image, &DecodeLimits::default()).with_context(|| format!("reading {}", args.image.display()))?;
+    if let Some(text) = &args.bbox {
+        image = crop(&image, &parse_bbox(text)?, 0.0).with_context(|| format!("cropping {}", args.image.display()))?;
+    }
+    let vectors = embedder.embed_images(&[image]).context("embedding the query")?;
+    let query = vectors.first().context("the model returned no vector")?;
+    let request = SearchRequest {
+        k: args.k,
+        metric: args.metric,
+        filter: Filter {
+            categories: args.category.iter().cloned().collect(),
+            ..Filter::default()
+        },
+        mode,
+    };
+    let hits = index.search(query, &request).context("searching")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({
+            "image": args.image,
+            "metric": args.metric,
+            "higher_is_better": args.metric.higher_is_better(),
+            "hits": hits,
+        }))?);
+    } else {
+        println!("{:>4}  {:<12} {:>10} {:>10}  {}", "rank", "category", "product", "photo", args.metric);
+        for (rank, hit) in hits.iter().enumerate() {
+            println!("{:>4}  {:<12} {:>10} {:>10}  {:.6}", rank + 1, hit.category, hit.product, hit.photo, hit.score);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,179 @@
+//! End-to-end tests of `wtb index` and `wtb search` on the s2s-dev benchmark photos.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CATEGORIES: &str = "belts,eyewear";
+
+fn shared_dir() -> PathBuf {
+    std::env::var_os("WTB_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared")))
+}
+
+/// (labels, photos, weights, truth.csv), or None after printing why the test is skipped.
+fn inputs() -> Option<(PathBuf, PathBuf, PathBuf, PathBuf)> {
+    let shared = shared_dir();
+    let data = shared.join("data/s2s-dev");
+    let needed = [
+        data.join("labels"),
+        data.join("photos_resized"),
+        shared.join("models/mobilenet_v2_torchvision_imagenet1k.safetensors"),
+        data.join("truth.csv"),
+    ];
+    for path in &needed {
+        if !path.exists() {
+            eprintln!("skipping: {} not found (set WTB_SHARED_DIR)", path.display());
+            return None;
+        }
+    }
+    let [a, b, c, d] = needed;
+    Some((a, b, c, d))
+}
+
+fn wtb() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_wtb"))
+}
+
+fn build_command(labels: &Path, photos: &Path, weights: &Path, out: &Path) -> Command {
+    let mut command = wtb();
+    command
+        .args(["index", "build", "--model", "mobilenet_v2", "--categories", CATEGORIES])
+        .arg("--labels")
+        .arg(labels)
+        .arg("--photos")
+        .arg(photos)
+        .arg("--weights")
+        .arg(weights)
+        .arg("--out")
+        .arg(out)
+        .args(["--checkpoint-every", "32", "--batch", "16"]);
+    command
+}
+
+fn run_ok(command: &mut Command) -> String {
+    let output = command.output().expect("wtb runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "wtb failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+fn search_json(index: &Path, image: &Path, weights: &Path, extra: &[&str]) -> serde_json::Value {
+    let out = run_ok(
+        wtb()
+            .arg("search")
+            .arg(image)
+            .arg("--index")
+            .arg(index)
+            .arg("--weights")
+            .arg(weights)
+            .args(["-k", "5", "--json"])
+            .args(extra),
+    );
+    serde_json::from_str(&out).expect("search prints JSON")
+}
+
+/// Shop photos that are catalog originals (not placeholders or consumer photos) of the tested
+/// categories: (photo, product, category).
+fn original_shop_photos(truth: &Path) -> Vec<(u64, u64, String)> {
+    let text = std::fs::read_to_string(truth).expect("truth.csv readable");
+    let wanted: Vec<&str> = CATEGORIES.split(',').collect();
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(',').collect();
+            (f.len() > 3 && f[1] == "shop_original" && wanted.contains(&f[3]))
+                .then(|| Some((f[0].parse().ok()?, f[2].parse().ok()?, f[3].to_string())))
+                .flatten()
+        })
+        .collect()
+}
+
+#[test]
+fn interrupted_build_resumes_and_search_finds_the_photos_own_product() {
+    let Some((labels, photos, weights, truth)) = inputs() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let resumed = dir.path().join("resumed.wtbindex");
+    let partial = dir.path().join("resumed.wtbindex.partial");
+
+    // Kill the first build once it has written a checkpoint.
+    let mut child = build_command(&labels, &photos, &weights, &resumed)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !partial.exists() && start.elapsed() < Duration::from_secs(300) {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().ok();
+    child.wait().unwrap();
+    assert!(partial.exists(), "no checkpoint was written before the kill");
+    assert!(!resumed.exists(), "the build finished before it could be interrupted");
+
+    let log = run_ok(&mut build_command(&labels, &photos, &weights, &resumed));
+    assert!(log.contains("resuming: "), "{log}");
+    assert!(!partial.exists(), "checkpoint left behind");
+
+    let fresh = dir.path().join("fresh.wtbindex");
+    run_ok(&mut build_command(&labels, &photos, &weights, &fresh));
+    let info = |path: &Path| -> serde_json::Value {
+        serde_json::from_str(&run_ok(wtb().args(["index", "info", "--json", "--index"]).arg(path))).unwrap()
+    };
+    let (resumed_info, fresh_info) = (info(&resumed), info(&fresh));
+    assert_eq!(resumed_info["photos"], fresh_info["photos"]);
+    assert_eq!(resumed_info["products"], fresh_info["products"]);
+    assert_eq!(resumed_info["photos_per_category"], fresh_info["photos_per_category"]);
+    assert_eq!(resumed_info["photos"], 250, "{resumed_info}");
+
+    let originals = original_shop_photos(&truth);
+    assert!(originals.len() >= 20, "too few catalog originals in truth.csv");
+    for (photo, product, category) in originals.iter().step_by(originals.len() / 8) {
+        let image = photos.join(format!("{photo}.jpg"));
+        let hits = search_json(&resumed, &image, &weights, &[]);
+        let first = &hits["hits"][0];
+        assert_eq!(first["product"], *product, "photo {photo}: {hits}");
+        assert_eq!(first["category"], category.as_str(), "photo {photo}: {hits}");
+        assert_eq!(first["photo"], *photo, "photo {photo}: {hits}");
+        assert!(first["score"].as_f64().unwrap() < 1e-4, "{hits}");
+        assert_eq!(hits, search_json(&fresh, &image, &weights, &[]), "resumed and fresh indexes disagree");
+    }
+
+    // Remove that product, then the photo must no longer find it; compact keeps the answer.
+    let (photo, product, category) = &originals[0];
+    let image = photos.join(format!("{photo}.jpg"));
+    run_ok(
+        wtb()
+            .args(["index", "remove", "--product", &format!("{category}:{product}"), "--index"])
+            .arg(&resumed),
+    );
+    let after = search_json(&resumed, &image, &weights, &[]);
+    assert!(after["hits"].as_array().unwrap().iter().all(|h| h["product"] != *product || h["category"] != category.as_str()));
+    run_ok(wtb().args(["index", "compact", "--index"]).arg(&resumed));
+    assert_eq!(search_json(&resumed, &image, &weights, &[]), after);
+
+    // Category filter and box crop are accepted.
+    let only_belts = search_json(&fresh, &image, &weights, &["--category", "belts", "--bbox", "10,10,200,200"]);
+    assert!(only_belts["hits"].as_array().unwrap().iter().all(|h| h["category"] == "belts"));
+}
+
+#[test]
+fn bad_index_files_are_refused_with_the_file_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("garbage.wtbindex");
+    std::fs::write(&path, b"definitely not an index").unwrap();
+    let output = wtb().args(["index", "info", "--index"]).arg(&path).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("garbage.wtbindex") && stderr.contains("not a valid index file"), "{stderr}");
+}
