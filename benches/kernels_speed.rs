@@ -184,12 +184,22 @@ fn resnet50_vb(names_shapes: &Path) -> Result<VarBuilder<'static>> {
             .map(|s| s.trim().parse())
             .collect::<Result<_, _>>()?;
         let numel: usize = shape.iter().product();
+        // Deterministic values; the speed does not depend on them.
         let t = if name.ends_with("running_var") {
             Tensor::ones(shape, DType::F32, &Device::Cpu)?
         } else {
             let fan_in = shape.iter().skip(1).product::<usize>().max(1) as f64;
             let scale = if shape.len() > 1 { (3.0 / fan_in).sqrt() } else { 0.1 };
-            (Tensor::rand(-1f32, 1f32, numel, &Device::Cpu)?.affine(scale, 0.0)?).reshape(shape)?
+            let mut state = 0x9e3779b97f4a7c15u64 ^ numel as u64 ^ (tensors.len() as u64) << 32;
+            let v: Vec<f32> = (0..numel)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    (((state >> 40) as f64 / 16777216.0 * 2.0 - 1.0) * scale) as f32
+                })
+                .collect();
+            Tensor::from_vec(v, shape, &Device::Cpu)?
         };
         tensors.insert(name.to_string(), t);
     }

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand};
 use wtb_dataset::{photo_path, Category, Exclusions, Labels, PhotoId, ProductKey};
-use wtb_embed::{DeviceChoice, Embedder, EmbedderConfig, EmbeddingMeta, ImageJob, ModelKind, Pooling, Preprocess};
+use wtb_embed::{
+    DeviceChoice, Embedder, EmbedderConfig, EmbeddingMeta, ImageJob, ModelKind, Pooling, Preprocess,
+};
 use wtb_search::{Index, PhotoRecord, Precision, VectorSearch};
 
 use crate::progress;
@@ -132,7 +134,11 @@ pub fn run(command: IndexCommand) -> anyhow::Result<ExitCode> {
             let before = index.info().segments.len();
             index.compact().context("compacting")?;
             save(&index, &args.index)?;
-            println!("compacted {} segment(s) into one: {} photos", before, index.len());
+            println!(
+                "compacted {} segment(s) into one: {} photos",
+                before,
+                index.len()
+            );
             Ok(ExitCode::SUCCESS)
         }
         IndexCommand::Info(args) => {
@@ -140,12 +146,28 @@ pub fn run(command: IndexCommand) -> anyhow::Result<ExitCode> {
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&info)?);
             } else {
-                println!("{}: format v{}, {}-d {:?}", args.index.display(), info.format_version, info.dim, info.precision);
-                println!("photos {} (deleted, awaiting compaction: {}), products {}", info.photos, info.deleted, info.products);
+                println!(
+                    "{}: format v{}, {}-d {:?}",
+                    args.index.display(),
+                    info.format_version,
+                    info.dim,
+                    info.precision
+                );
+                println!(
+                    "photos {} (deleted, awaiting compaction: {}), products {}",
+                    info.photos, info.deleted, info.products
+                );
                 for (category, n) in &info.photos_per_category {
                     println!("  {category:<12} {n}");
                 }
-                println!("segments: {}", info.segments.iter().map(|s| format!("{} rows ({} deleted)", s.rows, s.deleted)).collect::<Vec<_>>().join(", "));
+                println!(
+                    "segments: {}",
+                    info.segments
+                        .iter()
+                        .map(|s| format!("{} rows ({} deleted)", s.rows, s.deleted))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
                 for (k, v) in &info.meta {
                     println!("  {k} = {v}");
                 }
@@ -160,24 +182,42 @@ pub(crate) fn load(path: &Path) -> anyhow::Result<Index> {
 }
 
 fn save(index: &Index, path: &Path) -> anyhow::Result<()> {
-    index.save(path).with_context(|| format!("writing index {}", path.display()))
+    index
+        .save(path)
+        .with_context(|| format!("writing index {}", path.display()))
 }
 
 /// The embedder that produced an index's vectors, checked against the index's metadata.
-pub(crate) fn embedder_for(index: &Index, weights: Option<PathBuf>, device: DeviceChoice) -> anyhow::Result<Embedder> {
+pub(crate) fn embedder_for(
+    index: &Index,
+    weights: Option<PathBuf>,
+    device: DeviceChoice,
+) -> anyhow::Result<Embedder> {
     let meta = EmbeddingMeta::from_map(index.meta()).map_err(|e| anyhow!("index metadata: {e}"))?;
     let config = EmbedderConfig {
-        model: meta.model.parse().map_err(|e| anyhow!("index metadata: {e}"))?,
+        model: meta
+            .model
+            .parse()
+            .map_err(|e| anyhow!("index metadata: {e}"))?,
         weights,
-        preprocess: meta.preprocess.parse().map_err(|e| anyhow!("index metadata: {e}"))?,
-        pooling: meta.pooling.parse().map_err(|e| anyhow!("index metadata: {e}"))?,
+        preprocess: meta
+            .preprocess
+            .parse()
+            .map_err(|e| anyhow!("index metadata: {e}"))?,
+        pooling: meta
+            .pooling
+            .parse()
+            .map_err(|e| anyhow!("index metadata: {e}"))?,
         l2_normalize: meta.l2_normalized,
         device,
     };
     let embedder = Embedder::load(&config).with_context(|| format!("loading {}", config.model))?;
     let differences = meta.differences(embedder.meta());
     if !differences.is_empty() {
-        bail!("the index was built with another embedding (index vs now): {}", differences.join("; "));
+        bail!(
+            "the index was built with another embedding (index vs now): {}",
+            differences.join("; ")
+        );
     }
     Ok(embedder)
 }
@@ -187,7 +227,8 @@ fn gallery_photos(args: &GalleryArgs) -> anyhow::Result<BTreeMap<PhotoId, Vec<Pr
     if args.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let labels = Labels::load(&args.labels).with_context(|| format!("reading labels in {}", args.labels.display()))?;
+    let labels = Labels::load(&args.labels)
+        .with_context(|| format!("reading labels in {}", args.labels.display()))?;
     let categories = if args.categories.is_empty() {
         None
     } else {
@@ -198,13 +239,18 @@ fn gallery_photos(args: &GalleryArgs) -> anyhow::Result<BTreeMap<PhotoId, Vec<Pr
             .collect::<anyhow::Result<_>>()?;
         for category in &set {
             if labels.category(category).is_none() {
-                bail!("no labels for category {category} in {}", args.labels.display());
+                bail!(
+                    "no labels for category {category} in {}",
+                    args.labels.display()
+                );
             }
         }
         Some(set)
     };
     let exclusions = match &args.exclude {
-        Some(path) => Some(Exclusions::load(path).with_context(|| format!("reading {}", path.display()))?),
+        Some(path) => {
+            Some(Exclusions::load(path).with_context(|| format!("reading {}", path.display()))?)
+        }
         None => None,
     };
     let gallery = labels.gallery(categories.as_ref(), exclusions.as_ref());
@@ -244,7 +290,9 @@ fn embed_into(
             })
             .collect();
         let outcome = embedder
-            .embed_jobs(&jobs, gallery.batch, &|done, _| bar.set_position((finished + done) as u64))
+            .embed_jobs(&jobs, gallery.batch, &|done, _| {
+                bar.set_position((finished + done) as u64)
+            })
             .context("embedding")?;
         let mut records = Vec::new();
         let mut vectors = Vec::new();
@@ -252,7 +300,11 @@ fn embed_into(
             let photo: u64 = id.parse().with_context(|| format!("photo id {id}"))?;
             let row = &outcome.vectors[i * outcome.dim..(i + 1) * outcome.dim];
             // A photo showing several products is one row per product.
-            for product in photos.get(&PhotoId(photo)).map(Vec::as_slice).unwrap_or(&[]) {
+            for product in photos
+                .get(&PhotoId(photo))
+                .map(Vec::as_slice)
+                .unwrap_or(&[])
+            {
                 records.push(PhotoRecord {
                     category: product.category.as_str().to_string(),
                     product: product.product.0,
@@ -261,7 +313,9 @@ fn embed_into(
                 vectors.extend_from_slice(row);
             }
         }
-        index.add(&records, &vectors).context("adding to the index")?;
+        index
+            .add(&records, &vectors)
+            .context("adding to the index")?;
         skipped.extend(outcome.skipped);
         finished += part.len();
         checkpoint(index)?;
@@ -291,37 +345,71 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     };
     let embedder = Embedder::load(&config).with_context(|| format!("loading {}", config.model))?;
     let meta = embedder.meta().to_map();
-    let precision = if args.f16 { Precision::F16 } else { Precision::F32 };
-    let mut partial_name = args.out.file_name().context("--out has no file name")?.to_os_string();
+    let precision = if args.f16 {
+        Precision::F16
+    } else {
+        Precision::F32
+    };
+    let mut partial_name = args
+        .out
+        .file_name()
+        .context("--out has no file name")?
+        .to_os_string();
     partial_name.push(".partial");
     let partial = args.out.with_file_name(partial_name);
     let mut index = if partial.exists() {
-        let index = Index::load(&partial, Some(&meta))
-            .with_context(|| format!("resuming from {} (delete it to start over)", partial.display()))?;
+        let index = Index::load(&partial, Some(&meta)).with_context(|| {
+            format!(
+                "resuming from {} (delete it to start over)",
+                partial.display()
+            )
+        })?;
         if index.precision() != precision {
-            bail!("{} was started with {:?} storage; rerun with the same options or delete it", partial.display(), index.precision());
+            bail!(
+                "{} was started with {:?} storage; rerun with the same options or delete it",
+                partial.display(),
+                index.precision()
+            );
         }
         index
     } else {
         Index::new(embedder.meta().dim, precision, meta).context("creating the index")?
     };
     let done = index.live_photos();
-    let todo: Vec<PhotoId> = photos.keys().filter(|p| !done.contains(&p.0)).copied().collect();
+    let todo: Vec<PhotoId> = photos
+        .keys()
+        .filter(|p| !done.contains(&p.0))
+        .copied()
+        .collect();
     let already = photos.len() - todo.len();
     if already > 0 {
-        println!("resuming: {already} of {} photos already embedded in {}", photos.len(), partial.display());
+        println!(
+            "resuming: {already} of {} photos already embedded in {}",
+            photos.len(),
+            partial.display()
+        );
     }
-    let skipped = embed_into(&mut index, &embedder, &args.gallery, &photos, &todo, args.checkpoint_every, already, &mut |index| {
-        save(index, &partial)
-    })?;
+    let skipped = embed_into(
+        &mut index,
+        &embedder,
+        &args.gallery,
+        &photos,
+        &todo,
+        args.checkpoint_every,
+        already,
+        &mut |index| save(index, &partial),
+    )?;
     index.compact().context("compacting")?;
     if args.hnsw {
         eprintln!("building the HNSW graph of {} photos...", index.len());
-        index.build_approximate().context("building the HNSW graph")?;
+        index
+            .build_approximate()
+            .context("building the HNSW graph")?;
     }
     save(&index, &args.out)?;
     if partial.exists() {
-        std::fs::remove_file(&partial).with_context(|| format!("removing {}", partial.display()))?;
+        std::fs::remove_file(&partial)
+            .with_context(|| format!("removing {}", partial.display()))?;
     }
     let info = index.info();
     println!(
@@ -341,15 +429,36 @@ fn add(args: AddArgs) -> anyhow::Result<ExitCode> {
     let mut index = load(&args.index)?;
     let embedder = embedder_for(&index, args.weights.clone(), DeviceChoice::Cpu)?;
     let done = index.live_photos();
-    let todo: Vec<PhotoId> = photos.keys().filter(|p| !done.contains(&p.0)).copied().collect();
+    let todo: Vec<PhotoId> = photos
+        .keys()
+        .filter(|p| !done.contains(&p.0))
+        .copied()
+        .collect();
     if todo.is_empty() {
-        println!("nothing to add: every gallery photo is in {}", args.index.display());
+        println!(
+            "nothing to add: every gallery photo is in {}",
+            args.index.display()
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let before = index.len();
-    let skipped = embed_into(&mut index, &embedder, &args.gallery, &photos, &todo, todo.len(), 0, &mut |_| Ok(()))?;
+    let skipped = embed_into(
+        &mut index,
+        &embedder,
+        &args.gallery,
+        &photos,
+        &todo,
+        todo.len(),
+        0,
+        &mut |_| Ok(()),
+    )?;
     save(&index, &args.index)?;
-    println!("added {} row(s) for {} new photo(s) to {}", index.len() - before, todo.len() - skipped.len(), args.index.display());
+    println!(
+        "added {} row(s) for {} new photo(s) to {}",
+        index.len() - before,
+        todo.len() - skipped.len(),
+        args.index.display()
+    );
     report_skipped(&skipped);
     Ok(ExitCode::SUCCESS)
 }
@@ -362,15 +471,26 @@ fn remove(args: RemoveArgs) -> anyhow::Result<ExitCode> {
         .product
         .iter()
         .map(|p| {
-            let (category, id) = p.split_once(':').with_context(|| format!("--product {p:?} is not CATEGORY:ID"))?;
-            let id: u64 = id.parse().with_context(|| format!("--product {p:?}: {id:?} is not a number"))?;
+            let (category, id) = p
+                .split_once(':')
+                .with_context(|| format!("--product {p:?} is not CATEGORY:ID"))?;
+            let id: u64 = id
+                .parse()
+                .with_context(|| format!("--product {p:?}: {id:?} is not a number"))?;
             Ok((category.to_string(), id))
         })
         .collect::<anyhow::Result<_>>()?;
     let mut index = load(&args.index)?;
     let by_product = index.remove_products(&keys).context("removing products")?;
-    let by_photo = index.remove_photos(&args.photo).context("removing photos")?;
+    let by_photo = index
+        .remove_photos(&args.photo)
+        .context("removing photos")?;
     save(&index, &args.index)?;
-    println!("removed {} row(s); {} photos left in {}", by_product + by_photo, index.len(), args.index.display());
+    println!(
+        "removed {} row(s); {} photos left in {}",
+        by_product + by_photo,
+        index.len(),
+        args.index.display()
+    );
     Ok(ExitCode::SUCCESS)
 }

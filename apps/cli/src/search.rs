@@ -47,7 +47,11 @@ pub struct SearchArgs {
 fn parse_bbox(text: &str) -> anyhow::Result<BBox> {
     let values: Vec<f64> = text
         .split(',')
-        .map(|v| v.trim().parse::<f64>().with_context(|| format!("--bbox {text:?}: {v:?} is not a number")))
+        .map(|v| {
+            v.trim()
+                .parse::<f64>()
+                .with_context(|| format!("--bbox {text:?}: {v:?} is not a number"))
+        })
         .collect::<anyhow::Result<_>>()?;
     match values[..] {
         [x, y, w, h] => Ok(BBox::new(x, y, w, h)),
@@ -64,11 +68,15 @@ pub fn run(args: SearchArgs) -> anyhow::Result<ExitCode> {
     };
     let index = load(&args.index)?;
     let embedder = embedder_for(&index, args.weights.clone(), args.device)?;
-    let mut image = load_rgb(&args.image, &DecodeLimits::default()).with_context(|| format!("reading {}", args.image.display()))?;
+    let mut image = load_rgb(&args.image, &DecodeLimits::default())
+        .with_context(|| format!("reading {}", args.image.display()))?;
     if let Some(text) = &args.bbox {
-        image = crop(&image, &parse_bbox(text)?, 0.0).with_context(|| format!("cropping {}", args.image.display()))?;
+        image = crop(&image, &parse_bbox(text)?, 0.0)
+            .with_context(|| format!("cropping {}", args.image.display()))?;
     }
-    let vectors = embedder.embed_images(&[image]).context("embedding the query")?;
+    let vectors = embedder
+        .embed_images(&[image])
+        .context("embedding the query")?;
     let query = vectors.first().context("the model returned no vector")?;
     let request = SearchRequest {
         k: args.k,
@@ -81,16 +89,29 @@ pub fn run(args: SearchArgs) -> anyhow::Result<ExitCode> {
     };
     let hits = index.search(query, &request).context("searching")?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({
-            "image": args.image,
-            "metric": args.metric,
-            "higher_is_better": args.metric.higher_is_better(),
-            "hits": hits,
-        }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "image": args.image,
+                "metric": args.metric,
+                "higher_is_better": args.metric.higher_is_better(),
+                "hits": hits,
+            }))?
+        );
     } else {
-        println!("{:>4}  {:<12} {:>10} {:>10}  {}", "rank", "category", "product", "photo", args.metric);
+        println!(
+            "{:>4}  {:<12} {:>10} {:>10}  {}",
+            "rank", "category", "product", "photo", args.metric
+        );
         for (rank, hit) in hits.iter().enumerate() {
-            println!("{:>4}  {:<12} {:>10} {:>10}  {:.6}", rank + 1, hit.category, hit.product, hit.photo, hit.score);
+            println!(
+                "{:>4}  {:<12} {:>10} {:>10}  {:.6}",
+                rank + 1,
+                hit.category,
+                hit.product,
+                hit.photo,
+                hit.score
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

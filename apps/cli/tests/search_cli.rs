@@ -24,7 +24,10 @@ fn inputs() -> Option<(PathBuf, PathBuf, PathBuf, PathBuf)> {
     ];
     for path in &needed {
         if !path.exists() {
-            eprintln!("skipping: {} not found (set WTB_SHARED_DIR)", path.display());
+            eprintln!(
+                "skipping: {} not found (set WTB_SHARED_DIR)",
+                path.display()
+            );
             return None;
         }
     }
@@ -39,7 +42,14 @@ fn wtb() -> Command {
 fn build_command(labels: &Path, photos: &Path, weights: &Path, out: &Path) -> Command {
     let mut command = wtb();
     command
-        .args(["index", "build", "--model", "mobilenet_v2", "--categories", CATEGORIES])
+        .args([
+            "index",
+            "build",
+            "--model",
+            "mobilenet_v2",
+            "--categories",
+            CATEGORIES,
+        ])
         .arg("--labels")
         .arg(labels)
         .arg("--photos")
@@ -118,8 +128,14 @@ fn interrupted_build_resumes_and_search_finds_the_photos_own_product() {
     }
     child.kill().ok();
     child.wait().unwrap();
-    assert!(partial.exists(), "no checkpoint was written before the kill");
-    assert!(!resumed.exists(), "the build finished before it could be interrupted");
+    assert!(
+        partial.exists(),
+        "no checkpoint was written before the kill"
+    );
+    assert!(
+        !resumed.exists(),
+        "the build finished before it could be interrupted"
+    );
 
     let log = run_ok(&mut build_command(&labels, &photos, &weights, &resumed));
     assert!(log.contains("resuming: "), "{log}");
@@ -128,25 +144,42 @@ fn interrupted_build_resumes_and_search_finds_the_photos_own_product() {
     let fresh = dir.path().join("fresh.wtbindex");
     run_ok(&mut build_command(&labels, &photos, &weights, &fresh));
     let info = |path: &Path| -> serde_json::Value {
-        serde_json::from_str(&run_ok(wtb().args(["index", "info", "--json", "--index"]).arg(path))).unwrap()
+        serde_json::from_str(&run_ok(
+            wtb().args(["index", "info", "--json", "--index"]).arg(path),
+        ))
+        .unwrap()
     };
     let (resumed_info, fresh_info) = (info(&resumed), info(&fresh));
     assert_eq!(resumed_info["photos"], fresh_info["photos"]);
     assert_eq!(resumed_info["products"], fresh_info["products"]);
-    assert_eq!(resumed_info["photos_per_category"], fresh_info["photos_per_category"]);
+    assert_eq!(
+        resumed_info["photos_per_category"],
+        fresh_info["photos_per_category"]
+    );
     assert_eq!(resumed_info["photos"], 250, "{resumed_info}");
 
     let originals = original_shop_photos(&truth);
-    assert!(originals.len() >= 20, "too few catalog originals in truth.csv");
+    assert!(
+        originals.len() >= 20,
+        "too few catalog originals in truth.csv"
+    );
     for (photo, product, category) in originals.iter().step_by(originals.len() / 8) {
         let image = photos.join(format!("{photo}.jpg"));
         let hits = search_json(&resumed, &image, &weights, &[]);
         let first = &hits["hits"][0];
         assert_eq!(first["product"], *product, "photo {photo}: {hits}");
-        assert_eq!(first["category"], category.as_str(), "photo {photo}: {hits}");
+        assert_eq!(
+            first["category"],
+            category.as_str(),
+            "photo {photo}: {hits}"
+        );
         assert_eq!(first["photo"], *photo, "photo {photo}: {hits}");
         assert!(first["score"].as_f64().unwrap() < 1e-4, "{hits}");
-        assert_eq!(hits, search_json(&fresh, &image, &weights, &[]), "resumed and fresh indexes disagree");
+        assert_eq!(
+            hits,
+            search_json(&fresh, &image, &weights, &[]),
+            "resumed and fresh indexes disagree"
+        );
     }
 
     // Remove that product, then the photo must no longer find it; compact keeps the answer.
@@ -154,17 +187,36 @@ fn interrupted_build_resumes_and_search_finds_the_photos_own_product() {
     let image = photos.join(format!("{photo}.jpg"));
     run_ok(
         wtb()
-            .args(["index", "remove", "--product", &format!("{category}:{product}"), "--index"])
+            .args([
+                "index",
+                "remove",
+                "--product",
+                &format!("{category}:{product}"),
+                "--index",
+            ])
             .arg(&resumed),
     );
     let after = search_json(&resumed, &image, &weights, &[]);
-    assert!(after["hits"].as_array().unwrap().iter().all(|h| h["product"] != *product || h["category"] != category.as_str()));
+    assert!(after["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|h| h["product"] != *product || h["category"] != category.as_str()));
     run_ok(wtb().args(["index", "compact", "--index"]).arg(&resumed));
     assert_eq!(search_json(&resumed, &image, &weights, &[]), after);
 
     // Category filter and box crop are accepted.
-    let only_belts = search_json(&fresh, &image, &weights, &["--category", "belts", "--bbox", "10,10,200,200"]);
-    assert!(only_belts["hits"].as_array().unwrap().iter().all(|h| h["category"] == "belts"));
+    let only_belts = search_json(
+        &fresh,
+        &image,
+        &weights,
+        &["--category", "belts", "--bbox", "10,10,200,200"],
+    );
+    assert!(only_belts["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|h| h["category"] == "belts"));
 }
 
 #[test]
@@ -172,8 +224,15 @@ fn bad_index_files_are_refused_with_the_file_named() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("garbage.wtbindex");
     std::fs::write(&path, b"definitely not an index").unwrap();
-    let output = wtb().args(["index", "info", "--index"]).arg(&path).output().unwrap();
+    let output = wtb()
+        .args(["index", "info", "--index"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("garbage.wtbindex") && stderr.contains("not a valid index file"), "{stderr}");
+    assert!(
+        stderr.contains("garbage.wtbindex") && stderr.contains("not a valid index file"),
+        "{stderr}"
+    );
 }

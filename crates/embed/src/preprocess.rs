@@ -1,6 +1,8 @@
 //! Image to input tensor: resizing (antialiased bilinear, as PIL and torchvision do), cropping
 //! or letterboxing, and ImageNet normalisation into CHW floats.
 
+use fast_image_resize::images::{TypedImage, TypedImageRef};
+use fast_image_resize::pixels::U8x3;
 use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
 use image::{Rgb, RgbImage};
 
@@ -75,8 +77,14 @@ fn resize(image: &RgbImage, width: u32, height: u32) -> Result<RgbImage, String>
     }
     let mut resized = RgbImage::new(width, height);
     let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+    // The typed call instantiates the resizer for RGB8 only, not for every pixel type.
+    let (src_w, src_h) = image.dimensions();
+    let src = TypedImageRef::<U8x3>::from_buffer(src_w, src_h, image.as_raw())
+        .map_err(|e| format!("resize source: {e}"))?;
+    let mut dst =
+        TypedImage::<U8x3>::from_buffer(width, height, &mut resized).map_err(|e| format!("resize target: {e}"))?;
     Resizer::new()
-        .resize(image, &mut resized, &options)
+        .resize_typed(&src, &mut dst, &options)
         .map_err(|e| format!("resize to {width}x{height}: {e}"))?;
     Ok(resized)
 }

@@ -4,16 +4,6 @@
 
 use crate::kernels::Activation;
 
-/// How a convolution pads its input.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Padding {
-    /// PyTorch `padding=p` on all four sides.
-    Symmetric(usize),
-    /// TensorFlow "SAME" (the odd pixel goes after).
-    #[allow(dead_code)]
-    TfSame,
-}
-
 /// One convolution with its (optional) BatchNorm and activation.
 #[derive(Clone, Debug)]
 pub(crate) struct ConvSpec {
@@ -28,7 +18,8 @@ pub(crate) struct ConvSpec {
     pub cout: usize,
     pub k: usize,
     pub stride: usize,
-    pub padding: Padding,
+    /// Zero padding on all four sides (PyTorch `padding=`).
+    pub pad: usize,
     /// One filter per channel (cin == cout == groups).
     pub depthwise: bool,
     pub act: Activation,
@@ -121,7 +112,7 @@ impl Builder {
                 cout,
                 k,
                 stride,
-                padding: Padding::Symmetric(k / 2),
+                pad: k / 2,
                 depthwise,
                 act,
             },
@@ -211,7 +202,8 @@ pub(crate) fn mobilenet_v2(with_head: bool) -> Arch {
 }
 
 /// EfficientNet-Lite0 in the lukemelas key layout (ReLU6, no squeeze-excite, BN eps 1e-3).
-pub(crate) fn efficientnet_lite0(with_head: bool, padding: Padding) -> Arch {
+/// Padding is PyTorch-symmetric `k / 2` (TF "SAME" padding misses the golden logits by 1.3).
+pub(crate) fn efficientnet_lite0(with_head: bool) -> Arch {
     // (kernel, stride, expansion, out channels, repeats)
     const STAGES: [(usize, usize, usize, usize, usize); 7] = [
         (3, 1, 1, 16, 1),
@@ -265,20 +257,9 @@ pub(crate) fn efficientnet_lite0(with_head: bool, padding: Padding) -> Arch {
         }
     }
     b.conv(x, "_conv_head.weight".into(), "_bn1".into(), EPS, (c, 1280), (1, 1), false, r6, None);
-    let mut nodes = b.nodes;
-    for node in &mut nodes {
-        if let Node::Conv { spec, .. } = node {
-            if spec.k > 1 {
-                spec.padding = match padding {
-                    Padding::Symmetric(_) => Padding::Symmetric(spec.k / 2),
-                    Padding::TfSame => Padding::TfSame,
-                };
-            }
-        }
-    }
     Arch {
         name: "efficientnet_lite0",
-        nodes,
+        nodes: b.nodes,
         head: with_head.then(|| Head {
             weight: "_fc.weight".into(),
             bias: "_fc.bias".into(),

@@ -219,7 +219,7 @@ mod x86 {
             }
         };
     }
-    versions!(epilogue_rows(tile: &mut [f32], rows: usize, row_stride: usize, bias: &[f32], act: Activation));
+    versions!(epilogue_row(row: &mut [f32], bias: &[f32], act: Activation));
     versions!(depthwise_row(input: &[f32], dims: Nhwc, win: Window, weights: &[f32], bias: &[f32], act: Activation, oy: usize, out_row: &mut [f32]));
     versions!(max_pool_row(input: &[f32], dims: Nhwc, win: Window, oy: usize, out_row: &mut [f32]));
 }
@@ -233,34 +233,24 @@ fn fmadd<const FMA: bool>(acc: f32, a: f32, b: f32) -> f32 {
     }
 }
 
-/// Adds `bias` to the first `bias.len()` values of each of `rows` rows and applies `act`.
+/// `row = act(row + bias)`.
 #[inline(always)]
-fn epilogue_rows<const FMA: bool>(
-    tile: &mut [f32],
-    rows: usize,
-    row_stride: usize,
-    bias: &[f32],
-    act: Activation,
-) {
-    let cols = bias.len();
-    for r in 0..rows {
-        let row = &mut tile[r * row_stride..r * row_stride + cols];
-        match act {
-            Activation::Identity => row.iter_mut().zip(bias).for_each(|(v, b)| *v += b),
-            Activation::Relu => row
-                .iter_mut()
-                .zip(bias)
-                .for_each(|(v, b)| *v = (*v + b).max(0.0)),
-            Activation::Relu6 => row
-                .iter_mut()
-                .zip(bias)
-                .for_each(|(v, b)| *v = (*v + b).max(0.0).min(6.0)),
-        }
+fn epilogue_row<const FMA: bool>(row: &mut [f32], bias: &[f32], act: Activation) {
+    match act {
+        Activation::Identity => row.iter_mut().zip(bias).for_each(|(v, b)| *v += b),
+        Activation::Relu => row
+            .iter_mut()
+            .zip(bias)
+            .for_each(|(v, b)| *v = (*v + b).max(0.0)),
+        Activation::Relu6 => row
+            .iter_mut()
+            .zip(bias)
+            .for_each(|(v, b)| *v = (*v + b).max(0.0).min(6.0)),
     }
 }
 
-fn epilogue(tile: &mut [f32], rows: usize, row_stride: usize, bias: &[f32], act: Activation) {
-    dispatch!(epilogue_rows(tile, rows, row_stride, bias, act))
+fn epilogue(row: &mut [f32], bias: &[f32], act: Activation) {
+    dispatch!(epilogue_row(row, bias, act))
 }
 
 /// A raw output pointer shared by tasks that write disjoint tiles.
@@ -357,9 +347,11 @@ unsafe fn gemm_tile(
         false,
         gemm::Parallelism::None,
     );
-    let span = (rows - 1) * n + cols;
-    let tile_slice = std::slice::from_raw_parts_mut(dst, span);
-    epilogue(tile_slice, rows, n, &bias[tile.c0..tile.c1], act);
+    // One slice per row: with a column split, neighbouring tasks own the rest of each row.
+    let bias = &bias[tile.c0..tile.c1];
+    for r in 0..rows {
+        epilogue(std::slice::from_raw_parts_mut(dst.add(r * n), cols), bias, act);
+    }
 }
 
 /// 1×1 convolution (or fully connected layer) as one GEMM, with fused bias and activation.

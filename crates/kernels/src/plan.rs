@@ -6,7 +6,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Storage, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::arch::{self, Arch, ConvSpec, Node, Padding};
+use crate::arch::{self, Arch, ConvSpec, Node};
 use crate::error::{KernelError, Result};
 use crate::kernels::{self, Activation, Nhwc, Window};
 use crate::profile::{Profile, Stage};
@@ -49,11 +49,7 @@ enum Step {
         dst: usize,
         residual: Residual,
     },
-    MaxPool {
-        node: usize,
-        src: usize,
-        dst: usize,
-    },
+    MaxPool { src: usize, dst: usize },
 }
 
 /// Buffers and shapes for one input shape, reused by every call with that shape.
@@ -62,8 +58,8 @@ struct Workspace {
     buffers: Vec<Vec<f32>>,
     /// NHWC shape of each value.
     dims: Vec<Nhwc>,
-    /// Window of each node (None for 1×1 stride-1 convolutions).
-    windows: Vec<Option<Window>>,
+    /// Window of each node.
+    windows: Vec<Window>,
     pooled: Vec<f32>,
 }
 
@@ -102,10 +98,7 @@ fn weight(vb: &VarBuilder, shape: &[usize], name: &str) -> Result<Vec<f32>> {
 
 /// The window a convolution uses on an `h × w` input.
 pub(crate) fn window_for(spec: &ConvSpec, h: usize, w: usize) -> Result<Window> {
-    match spec.padding {
-        Padding::Symmetric(p) => Window::symmetric(h, w, spec.k, spec.stride, p),
-        Padding::TfSame => Window::tf_same(h, w, spec.k, spec.stride),
-    }
+    Window::symmetric(h, w, spec.k, spec.stride, spec.pad)
 }
 
 /// Folds `bn` (and the conv bias) into `[cout, rest]` weights; returns the new bias.
@@ -160,7 +153,7 @@ fn load_layer(vb: &VarBuilder, spec: &ConvSpec) -> Result<ConvLayer> {
     let bias = fold(vb, spec, &mut w)?;
     let kind = if spec.depthwise {
         ConvKind::Depthwise
-    } else if k == 1 && spec.stride == 1 && spec.padding == Padding::Symmetric(0) {
+    } else if k == 1 && spec.stride == 1 && spec.pad == 0 {
         ConvKind::Pointwise
     } else {
         ConvKind::Dense
@@ -218,7 +211,7 @@ impl Plan {
     /// EfficientNet-Lite0 in the lukemelas key layout (`_conv_stem`, `_blocks.i.*`, `_fc` if present).
     pub fn efficientnet_lite0(vb: VarBuilder) -> Result<Self> {
         let head = vb.contains_tensor("_fc.weight");
-        Self::build(arch::efficientnet_lite0(head, Padding::Symmetric(1)), vb)
+        Self::build(arch::efficientnet_lite0(head), vb)
     }
 
     /// torchvision ResNet50 (`conv1`, `layer1..4`, `fc` if present).
@@ -306,7 +299,6 @@ impl Plan {
                     residual: mode,
                 },
                 Node::MaxPool { .. } => Step::MaxPool {
-                    node: i,
                     src: src_buffer,
                     dst,
                 },
@@ -446,14 +438,14 @@ impl Plan {
         let mut dims = vec![Nhwc { n, h, w, c: 3 }];
         let mut windows = Vec::with_capacity(self.arch.nodes.len());
         for node in &self.arch.nodes {
-            let (src, window, c) = match node {
+            let (window, c) = match node {
                 Node::Conv { spec, src, .. } => {
                     let d = dims[*src];
-                    (*src, window_for(spec, d.h, d.w), spec.cout)
+                    (window_for(spec, d.h, d.w), spec.cout)
                 }
                 Node::MaxPool { src, k, stride, pad } => {
                     let d = dims[*src];
-                    (*src, Window::symmetric(d.h, d.w, *k, *stride, *pad), d.c)
+                    (Window::symmetric(d.h, d.w, *k, *stride, *pad), d.c)
                 }
             };
             let window = window.map_err(|e| {
@@ -468,8 +460,7 @@ impl Plan {
                 w: window.out_w,
                 c,
             });
-            let _ = src;
-            windows.push(Some(window));
+            windows.push(window);
         }
         let mut sizes = vec![0usize; self.buffer_count];
         for (v, d) in dims.iter().enumerate() {
@@ -524,7 +515,7 @@ impl Plan {
                     let x = &x[..in_dims.len()];
                     let y = &mut y[..out_dims.len()];
                     let act = l.spec.act;
-                    let win = ws.windows[i].ok_or_else(|| KernelError::Input("missing window".into()))?;
+                    let win = ws.windows[i];
                     let stage = match l.kind {
                         ConvKind::Pointwise => {
                             let rows = in_dims.n * in_dims.h * in_dims.w;
@@ -546,9 +537,8 @@ impl Plan {
                     };
                     profile.add(stage, t);
                 }
-                Step::MaxPool { node, src, dst } => {
-                    let _ = node;
-                    let win = ws.windows[i].ok_or_else(|| KernelError::Input("missing window".into()))?;
+                Step::MaxPool { src, dst } => {
+                    let win = ws.windows[i];
                     let (x, y) = split_pair(&mut ws.buffers, src, dst);
                     kernels::max_pool(&x[..in_dims.len()], in_dims, win, &mut y[..out_dims.len()])?;
                     profile.add(Stage::MaxPool, t);

@@ -7,9 +7,9 @@ use std::time::Instant;
 use candle_core::{Module, ModuleT, Tensor, D};
 use candle_nn::VarBuilder;
 
-use crate::arch::{self, Arch, Node, Padding};
+use crate::arch::{self, Arch, Node};
 use crate::error::{KernelError, Result};
-use crate::kernels::{Activation, Window};
+use crate::kernels::Activation;
 use crate::profile::{Profile, Stage};
 
 struct RefConv {
@@ -43,7 +43,7 @@ impl Reference {
     /// EfficientNet-Lite0, lukemelas keys.
     pub fn efficientnet_lite0(vb: VarBuilder) -> Result<Self> {
         let head = vb.contains_tensor("_fc.weight");
-        Self::build(arch::efficientnet_lite0(head, Padding::Symmetric(1)), vb)
+        Self::build(arch::efficientnet_lite0(head), vb)
     }
 
     /// torchvision ResNet50.
@@ -159,25 +159,8 @@ impl Reference {
                         .ok_or_else(|| KernelError::Input(format!("node {i} has no weights")))?;
                     let mut x = get(*src)?;
                     let t = Instant::now();
-                    let (pad, x_padded) = match spec.padding {
-                        Padding::Symmetric(p) => (p, x.clone()),
-                        Padding::TfSame => {
-                            let (_, _, h, w) = x.dims4()?;
-                            let win = Window::tf_same(h, w, spec.k, spec.stride)?;
-                            let pad_h = ((win.out_h - 1) * spec.stride + spec.k).saturating_sub(h);
-                            let pad_w = ((win.out_w - 1) * spec.stride + spec.k).saturating_sub(w);
-                            let padded = x
-                                .pad_with_zeros(2, win.pad_top, pad_h - win.pad_top)?
-                                .pad_with_zeros(3, win.pad_left, pad_w - win.pad_left)?;
-                            (0, padded)
-                        }
-                    };
-                    if !matches!(spec.padding, Padding::Symmetric(_)) {
-                        profile.add(Stage::Layout, t);
-                    }
-                    let t = Instant::now();
                     let groups = if spec.depthwise { spec.cin } else { 1 };
-                    x = x_padded.conv2d(&conv.weight, pad, spec.stride, 1, groups)?;
+                    x = x.conv2d(&conv.weight, spec.pad, spec.stride, 1, groups)?;
                     if let Some(b) = &conv.bias {
                         x = x.broadcast_add(&b.reshape((1, spec.cout, 1, 1))?)?;
                     }

@@ -288,7 +288,12 @@ impl Gallery {
     }
 
     /// The `k` nearest rows to `query`, best first; ties go to the smaller position.
-    pub fn knn(&self, query: &[f32], k: usize, metric: Metric) -> Result<Vec<Neighbor>, SearchError> {
+    pub fn knn(
+        &self,
+        query: &[f32],
+        k: usize,
+        metric: Metric,
+    ) -> Result<Vec<Neighbor>, SearchError> {
         let mut all = self.knn_batch(query, k, metric)?;
         Ok(all.pop().unwrap_or_default())
     }
@@ -476,7 +481,14 @@ impl ScanContext<'_> {
 
 /// `scores[q][j] = queries[q] . block[j]` through a single-threaded GEMM (the caller runs one
 /// per core on different blocks).
-fn gemm_dots(queries: &[f32], n_queries: usize, block: &[f32], nb: usize, dim: usize, scores: &mut [f32]) {
+fn gemm_dots(
+    queries: &[f32],
+    n_queries: usize,
+    block: &[f32],
+    nb: usize,
+    dim: usize,
+    scores: &mut [f32],
+) {
     debug_assert_eq!(queries.len(), n_queries * dim);
     debug_assert_eq!(block.len(), nb * dim);
     debug_assert_eq!(scores.len(), n_queries * nb);

@@ -52,13 +52,19 @@ impl Hnsw {
     }
 
     /// Inserts rows (key, vector) on all cores.
-    pub fn add<'a>(&self, rows: impl rayon::iter::ParallelIterator<Item = (u64, &'a [f32])>) -> Result<(), SearchError> {
+    pub fn add<'a>(
+        &self,
+        rows: impl rayon::iter::ParallelIterator<Item = (u64, &'a [f32])>,
+    ) -> Result<(), SearchError> {
         use rayon::prelude::*;
         let rows: Vec<(u64, &[f32])> = rows.collect();
         let needed = self.graph.size() + rows.len();
         if needed > self.graph.capacity() {
             self.graph
-                .reserve_capacity_and_threads(needed.max(2 * self.graph.capacity()), rayon::current_num_threads())
+                .reserve_capacity_and_threads(
+                    needed.max(2 * self.graph.capacity()),
+                    rayon::current_num_threads(),
+                )
                 .map_err(|e| err("reserve", e))?;
         }
         rows.par_iter()
@@ -66,15 +72,26 @@ impl Hnsw {
     }
 
     pub fn remove(&self, key: u64) -> Result<(), SearchError> {
-        self.graph.remove(key).map(|_| ()).map_err(|e| err("remove", e))
+        self.graph
+            .remove(key)
+            .map(|_| ())
+            .map_err(|e| err("remove", e))
     }
 
     pub fn rename(&self, from: u64, to: u64) -> Result<(), SearchError> {
-        self.graph.rename(from, to).map(|_| ()).map_err(|e| err("rename", e))
+        self.graph
+            .rename(from, to)
+            .map(|_| ())
+            .map_err(|e| err("rename", e))
     }
 
     /// Up to `count` candidate keys passing `allowed`, nearest first.
-    pub fn search(&self, query: &[f32], count: usize, allowed: impl Fn(u64) -> bool) -> Result<Vec<u64>, SearchError> {
+    pub fn search(
+        &self,
+        query: &[f32],
+        count: usize,
+        allowed: impl Fn(u64) -> bool,
+    ) -> Result<Vec<u64>, SearchError> {
         let found = self
             .graph
             .filtered_search(query, count, allowed)
@@ -84,14 +101,19 @@ impl Hnsw {
 
     pub fn to_bytes(&self) -> Result<Vec<u8>, SearchError> {
         let mut buffer = vec![0u8; self.graph.serialized_length()];
-        self.graph.save_to_buffer(&mut buffer).map_err(|e| err("save", e))?;
+        self.graph
+            .save_to_buffer(&mut buffer)
+            .map_err(|e| err("save", e))?;
         Ok(buffer)
     }
 
     pub fn from_bytes(bytes: &[u8], dim: usize) -> Result<Hnsw, SearchError> {
         let graph = usearch::Index::restore_from_buffer(bytes).map_err(|e| err("load", e))?;
         if graph.dimensions() != dim {
-            return Err(err("load", format!("graph has dimension {}, index {dim}", graph.dimensions())));
+            return Err(err(
+                "load",
+                format!("graph has dimension {}, index {dim}", graph.dimensions()),
+            ));
         }
         graph.change_expansion_search(EXPANSION_SEARCH);
         Ok(Hnsw { graph })

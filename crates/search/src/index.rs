@@ -23,8 +23,8 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use crate::gallery::{Gallery, Precision, Selection};
-use crate::topk::{Entry, TopK};
 use crate::hnsw::Hnsw;
+use crate::topk::{Entry, TopK};
 use crate::{Filter, Metric, ProductHit, SearchError, SearchMode, SearchRequest, VectorSearch};
 
 /// From this many live photos on, [`SearchMode::Auto`] uses the HNSW graph (when the index has
@@ -205,7 +205,10 @@ impl Index {
                 .categories
                 .iter()
                 .position(|c| *c == record.category)
-                .is_some_and(|id| self.live_items.contains(&(record.photo, id as u32, record.product)));
+                .is_some_and(|id| {
+                    self.live_items
+                        .contains(&(record.photo, id as u32, record.product))
+                });
             if live || !batch.insert((record.photo, record.category.as_str(), record.product)) {
                 return Err(SearchError::DuplicatePhoto {
                     photo: record.photo,
@@ -454,19 +457,27 @@ impl Index {
             SearchMode::Exact => Ok(false),
             SearchMode::Auto => Ok(usable && self.len() >= APPROXIMATE_MIN_PHOTOS),
             SearchMode::Approximate if usable => Ok(true),
-            SearchMode::Approximate => Err(SearchError::Approximate(if self.approximate.is_none() {
-                "this index has no HNSW graph (build it first)".to_string()
-            } else {
-                format!("the HNSW graph serves cosine only, not {}", request.metric)
-            })),
+            SearchMode::Approximate => {
+                Err(SearchError::Approximate(if self.approximate.is_none() {
+                    "this index has no HNSW graph (build it first)".to_string()
+                } else {
+                    format!("the HNSW graph serves cosine only, not {}", request.metric)
+                }))
+            }
         }
     }
 
     /// HNSW candidates, rescored exactly and deduplicated by product; widens the candidate
     /// list until k distinct products are found or the graph is exhausted.
-    fn approximate_search(&self, query: &[f32], request: &SearchRequest) -> Result<Vec<ProductHit>, SearchError> {
+    fn approximate_search(
+        &self,
+        query: &[f32],
+        request: &SearchRequest,
+    ) -> Result<Vec<ProductHit>, SearchError> {
         let Some(graph) = &self.approximate else {
-            return Err(SearchError::Internal("approximate search without a graph".into()));
+            return Err(SearchError::Internal(
+                "approximate search without a graph".into(),
+            ));
         };
         if query.len() != self.dim {
             return Err(SearchError::DimensionMismatch {
@@ -474,19 +485,27 @@ impl Index {
                 found: query.len(),
             });
         }
-        let allowed = if request.filter.is_empty() { None } else { Some(self.allowed_rows(&request.filter)) };
+        let allowed = if request.filter.is_empty() {
+            None
+        } else {
+            Some(self.allowed_rows(&request.filter))
+        };
         let query_norm = crate::kernels::dot(query, query).sqrt();
         let mut count = (request.k * 4).max(64);
         let mut buf = Vec::new();
         loop {
             let keys = graph.search(query, count, |key| {
-                allowed.as_ref().is_none_or(|a| a.get(key as usize).copied().unwrap_or(false))
+                allowed
+                    .as_ref()
+                    .is_none_or(|a| a.get(key as usize).copied().unwrap_or(false))
             })?;
             let mut top = TopK::new(request.k, true);
             for &key in &keys {
                 let row = key as usize;
                 let Some((segment, local)) = self.locate(row) else {
-                    return Err(SearchError::Internal(format!("graph key {key} is not a row")));
+                    return Err(SearchError::Internal(format!(
+                        "graph key {key} is not a row"
+                    )));
                 };
                 let vector = segment.row_f32(local, &mut buf);
                 let score = crate::metric::cosine_from_dot(
@@ -531,7 +550,11 @@ impl Index {
         None
     }
 
-    fn exact(&self, queries: &[f32], request: &SearchRequest) -> Result<Vec<Vec<ProductHit>>, SearchError> {
+    fn exact(
+        &self,
+        queries: &[f32],
+        request: &SearchRequest,
+    ) -> Result<Vec<Vec<ProductHit>>, SearchError> {
         if queries.len() % self.dim != 0 {
             return Err(SearchError::DimensionMismatch {
                 expected: self.dim,
@@ -627,15 +650,19 @@ impl Index {
         };
         // The header's own length enters file_len; its digit count can change its length, so
         // settle it in two passes.
-        let mut header_json = serde_json::to_vec(&header).map_err(|e| SearchError::Internal(e.to_string()))?;
+        let mut header_json =
+            serde_json::to_vec(&header).map_err(|e| SearchError::Internal(e.to_string()))?;
         for _ in 0..2 {
             let data_start = (16 + header_json.len()).div_ceil(ALIGN) * ALIGN;
             header.file_len = data_start + data_len + CHECKSUM_LEN;
-            header_json = serde_json::to_vec(&header).map_err(|e| SearchError::Internal(e.to_string()))?;
+            header_json =
+                serde_json::to_vec(&header).map_err(|e| SearchError::Internal(e.to_string()))?;
         }
         let data_start = (16 + header_json.len()).div_ceil(ALIGN) * ALIGN;
         if data_start + data_len + CHECKSUM_LEN != header.file_len {
-            return Err(SearchError::Internal("index header length did not settle".into()));
+            return Err(SearchError::Internal(
+                "index header length did not settle".into(),
+            ));
         }
 
         let mut writer = AtomicFile::create(path).map_err(io)?;
@@ -690,7 +717,10 @@ impl Index {
 
     /// Opens an index file by memory map, verifying its format version and checksum, and,
     /// when `expected_meta` is given, that it was built with that embedding.
-    pub fn load(path: &Path, expected_meta: Option<&BTreeMap<String, String>>) -> Result<Index, SearchError> {
+    pub fn load(
+        path: &Path,
+        expected_meta: Option<&BTreeMap<String, String>>,
+    ) -> Result<Index, SearchError> {
         let corrupt = |reason: String| SearchError::Corrupt {
             path: path.to_path_buf(),
             reason,
@@ -708,7 +738,10 @@ impl Index {
         let map = Arc::new(map);
         let bytes: &[u8] = &map;
         if bytes.len() < 16 {
-            return Err(corrupt(format!("file is only {} bytes (truncated?)", bytes.len())));
+            return Err(corrupt(format!(
+                "file is only {} bytes (truncated?)",
+                bytes.len()
+            )));
         }
         if &bytes[..8] != MAGIC {
             return Err(corrupt("missing the WTBINDX signature".into()));
@@ -720,9 +753,12 @@ impl Index {
             )));
         }
         let header_len = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]) as usize;
-        let header_bytes = bytes
-            .get(16..16 + header_len)
-            .ok_or_else(|| corrupt(format!("file is {} bytes, shorter than its header (truncated)", bytes.len())))?;
+        let header_bytes = bytes.get(16..16 + header_len).ok_or_else(|| {
+            corrupt(format!(
+                "file is {} bytes, shorter than its header (truncated)",
+                bytes.len()
+            ))
+        })?;
         let header: Header = serde_json::from_slice(header_bytes)
             .map_err(|e| corrupt(format!("unreadable header: {e}")))?;
         if header.file_len != bytes.len() {
@@ -769,7 +805,10 @@ impl Index {
             .iter()
             .map(|b| *b != 0)
             .collect();
-        if let Some(bad) = category_ids.iter().find(|&&c| c as usize >= header.categories.len()) {
+        if let Some(bad) = category_ids
+            .iter()
+            .find(|&&c| c as usize >= header.categories.len())
+        {
             return Err(corrupt(format!("category id {bad} out of range")));
         }
         let mut index = Index::new(header.dim, header.precision, header.meta.clone())?;
@@ -778,7 +817,9 @@ impl Index {
             index.push_row(category_ids[row], products[row], photos[row], deleted[row]);
         }
         if index.live_items.len() != index.deleted.iter().filter(|d| !**d).count() {
-            return Err(corrupt("a (photo, category, product) item appears twice among live rows".into()));
+            return Err(corrupt(
+                "a (photo, category, product) item appears twice among live rows".into(),
+            ));
         }
         let mut total = 0;
         for (i, sh) in header.segments.iter().enumerate() {
@@ -805,7 +846,9 @@ impl Index {
             index.segments.push(gallery);
         }
         if total != rows {
-            return Err(corrupt(format!("segments hold {total} rows, columns {rows}")));
+            return Err(corrupt(format!(
+                "segments hold {total} rows, columns {rows}"
+            )));
         }
         if let Some((offset, len)) = header.approximate {
             let bytes = section(offset, len, "approximate index")?;
@@ -824,13 +867,20 @@ impl Index {
 }
 
 /// `key: index has "X", expected "Y"` for every key whose values differ (missing = `<none>`).
-fn meta_differences(found: &BTreeMap<String, String>, expected: &BTreeMap<String, String>) -> String {
+fn meta_differences(
+    found: &BTreeMap<String, String>,
+    expected: &BTreeMap<String, String>,
+) -> String {
     let keys: std::collections::BTreeSet<&String> = found.keys().chain(expected.keys()).collect();
     keys.into_iter()
         .filter(|k| found.get(*k) != expected.get(*k))
         .map(|k| {
             let show = |v: Option<&String>| v.map_or("<none>".to_string(), |v| format!("{v:?}"));
-            format!("{k}: index has {}, expected {}", show(found.get(k)), show(expected.get(k)))
+            format!(
+                "{k}: index has {}, expected {}",
+                show(found.get(k)),
+                show(expected.get(k))
+            )
         })
         .collect::<Vec<_>>()
         .join("; ")
@@ -844,7 +894,11 @@ fn read_u64s(bytes: &[u8]) -> Vec<u64> {
 }
 
 impl VectorSearch for Index {
-    fn search(&self, query: &[f32], request: &SearchRequest) -> Result<Vec<ProductHit>, SearchError> {
+    fn search(
+        &self,
+        query: &[f32],
+        request: &SearchRequest,
+    ) -> Result<Vec<ProductHit>, SearchError> {
         if query.len() != self.dim {
             return Err(SearchError::DimensionMismatch {
                 expected: self.dim,
@@ -857,7 +911,11 @@ impl VectorSearch for Index {
         Ok(self.exact(query, request)?.pop().unwrap_or_default())
     }
 
-    fn search_batch(&self, queries: &[f32], request: &SearchRequest) -> Result<Vec<Vec<ProductHit>>, SearchError> {
+    fn search_batch(
+        &self,
+        queries: &[f32],
+        request: &SearchRequest,
+    ) -> Result<Vec<Vec<ProductHit>>, SearchError> {
         if self.use_approximate(request)? {
             if queries.len() % self.dim != 0 {
                 return Err(SearchError::DimensionMismatch {
@@ -893,7 +951,9 @@ struct HashingWriter<W: Write> {
 impl<W: Write> HashingWriter<W> {
     fn pad_to(&mut self, offset: usize) -> std::io::Result<()> {
         if offset < self.written {
-            return Err(std::io::Error::other("index writer went past a section offset"));
+            return Err(std::io::Error::other(
+                "index writer went past a section offset",
+            ));
         }
         let zeros = vec![0u8; offset - self.written];
         self.write_all(&zeros)
@@ -948,7 +1008,11 @@ impl AtomicFile {
         }
         std::fs::rename(&self.temp, &self.target)?;
         if let Some(dir) = self.target.parent() {
-            let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
             File::open(dir)?.sync_all()?;
         }
         Ok(())

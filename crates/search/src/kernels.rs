@@ -164,7 +164,11 @@ mod tests {
             let dot_ref: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
             let l2_ref: f32 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
             let l1_ref: f32 = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).sum();
-            let linf_ref = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+            let linf_ref = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max);
             assert_eq!(dot(&a, &b), dot_ref, "n={n}");
             assert_eq!(sq_l2(&a, &b), l2_ref, "n={n}");
             assert_eq!(l1(&a, &b), l1_ref, "n={n}");

@@ -46,7 +46,9 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 pub use gallery::{Gallery, Neighbor, Precision};
-pub use index::{Index, IndexInfo, PhotoRecord, SegmentInfo, APPROXIMATE_MIN_PHOTOS, FORMAT_VERSION};
+pub use index::{
+    Index, IndexInfo, PhotoRecord, SegmentInfo, APPROXIMATE_MIN_PHOTOS, FORMAT_VERSION,
+};
 pub use metric::{rank_key, Metric, UnknownMetric};
 
 /// Restricts a search to some categories and/or some products. Empty sets mean "no restriction".
@@ -128,7 +130,11 @@ pub struct ProductHit {
 /// vector database) can replace the built-in index.
 pub trait VectorSearch {
     /// The best `request.k` distinct products for one query, best first.
-    fn search(&self, query: &[f32], request: &SearchRequest) -> Result<Vec<ProductHit>, SearchError>;
+    fn search(
+        &self,
+        query: &[f32],
+        request: &SearchRequest,
+    ) -> Result<Vec<ProductHit>, SearchError>;
     /// The answers for a row-major batch of queries (`Q * dim` values), one list per query.
     fn search_batch(
         &self,

@@ -15,7 +15,9 @@ use crate::kernels;
 /// - the cosine distance between a zero vector and any vector is `1.0` (as if orthogonal);
 /// - a NaN anywhere in either vector gives a NaN score, and NaN scores rank after every other
 ///   score (see [`rank_key`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Metric {
     /// `1 - u.v / (|u| |v|)`; scipy `cosine`.
@@ -191,7 +193,10 @@ mod tests {
         assert!(rank_key(Metric::Cosine, 0.1) < rank_key(Metric::Cosine, 0.2));
         assert!(rank_key(Metric::InnerProduct, 0.2) < rank_key(Metric::InnerProduct, 0.1));
         assert!(rank_key(Metric::Euclidean, -1.0) < rank_key(Metric::Euclidean, 0.0));
-        assert_eq!(rank_key(Metric::Cosine, -0.0), rank_key(Metric::Cosine, 0.0));
+        assert_eq!(
+            rank_key(Metric::Cosine, -0.0),
+            rank_key(Metric::Cosine, 0.0)
+        );
         assert!(rank_key(Metric::Cosine, f32::INFINITY) < rank_key(Metric::Cosine, f32::NAN));
     }
 

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use wtb_search::{
-    Filter, Index, Metric, PhotoRecord, Precision, ProductHit, SearchError, SearchMode, SearchRequest,
-    VectorSearch,
+    Filter, Index, Metric, PhotoRecord, Precision, ProductHit, SearchError, SearchMode,
+    SearchRequest, VectorSearch,
 };
 
 const DIM: usize = 16;
@@ -71,14 +71,19 @@ fn add_remove_compact_reload_equals_fresh_build() {
     let (r2, v2) = photos(300..700);
     index.add(&r1, &v1).unwrap();
     index.add(&r2, &v2).unwrap();
-    let removed_products: Vec<(String, u64)> = vec![("hats".into(), 10), ("bags".into(), 90), ("bags".into(), 11)];
+    let removed_products: Vec<(String, u64)> = vec![
+        ("hats".into(), 10),
+        ("bags".into(), 90),
+        ("bags".into(), 11),
+    ];
     let removed = index.remove_products(&removed_products).unwrap();
     assert!(removed > 0);
     assert_eq!(index.remove_photos(&[5, 6, 650]).unwrap(), 3);
     index.save(&path).unwrap();
 
     let keep = |r: &PhotoRecord| {
-        !removed_products.contains(&(r.category.clone(), r.product)) && ![5, 6, 650].contains(&r.photo)
+        !removed_products.contains(&(r.category.clone(), r.product))
+            && ![5, 6, 650].contains(&r.photo)
     };
     let (all_records, all_vectors) = photos(0..700);
     let mut fresh = Index::new(DIM, Precision::F32, meta()).unwrap();
@@ -95,7 +100,11 @@ fn add_remove_compact_reload_equals_fresh_build() {
     let reloaded = Index::load(&path, Some(&meta())).unwrap();
     assert_eq!(reloaded.len(), kept.len());
     assert_eq!(reloaded.info().segments.len(), 2);
-    assert_eq!(all_answers(&reloaded), expected, "reloaded, with tombstones");
+    assert_eq!(
+        all_answers(&reloaded),
+        expected,
+        "reloaded, with tombstones"
+    );
 
     let mut compacted = reloaded;
     compacted.compact().unwrap();
@@ -125,8 +134,13 @@ fn duplicate_photos_are_refused() {
     let (records, vectors) = photos(0..10);
     let mut index = Index::new(DIM, Precision::F32, meta()).unwrap();
     index.add(&records, &vectors).unwrap();
-    let err = index.add(&records[3..4], &vectors[3 * DIM..4 * DIM]).unwrap_err();
-    assert!(matches!(err, SearchError::DuplicatePhoto { photo: 3, .. }), "{err}");
+    let err = index
+        .add(&records[3..4], &vectors[3 * DIM..4 * DIM])
+        .unwrap_err();
+    assert!(
+        matches!(err, SearchError::DuplicatePhoto { photo: 3, .. }),
+        "{err}"
+    );
     assert!(index.add(&records[..2], &vectors[..DIM]).is_err());
     assert_eq!(index.len(), 10);
 }
@@ -152,7 +166,10 @@ fn truncated_files_are_refused() {
     for len in [0, 10, 40, bytes.len() / 2, bytes.len() - 1] {
         std::fs::write(&path, &bytes[..len]).unwrap();
         let message = load_error(&path);
-        assert!(message.contains("not a valid index file"), "{len}: {message}");
+        assert!(
+            message.contains("not a valid index file"),
+            "{len}: {message}"
+        );
         assert!(message.contains("index.wtbindex"), "{message}");
         assert!(message.contains("truncated"), "{len}: {message}");
     }
@@ -187,8 +204,14 @@ fn model_mismatch_is_refused_naming_the_keys() {
     let err = Index::load(&path, Some(&expected)).unwrap_err();
     let message = err.to_string();
     assert!(matches!(err, SearchError::MetadataMismatch { .. }));
-    assert!(message.contains(r#"model: index has "mobilenet_v2", expected "resnet50""#), "{message}");
-    assert!(message.contains(r#"pooling: index has <none>, expected "gap""#), "{message}");
+    assert!(
+        message.contains(r#"model: index has "mobilenet_v2", expected "resnet50""#),
+        "{message}"
+    );
+    assert!(
+        message.contains(r#"pooling: index has <none>, expected "gap""#),
+        "{message}"
+    );
     assert!(!message.contains("weights_sha256"), "{message}");
 }
 
@@ -201,7 +224,9 @@ fn clustered(n: usize, dim: usize, seed: u64) -> Vec<f32> {
         state ^= state << 17;
         (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
     };
-    let centres: Vec<Vec<f32>> = (0..20).map(|_| (0..dim).map(|_| next()).collect()).collect();
+    let centres: Vec<Vec<f32>> = (0..20)
+        .map(|_| (0..dim).map(|_| next()).collect())
+        .collect();
     (0..n)
         .flat_map(|i| {
             let c = &centres[i % centres.len()];
@@ -227,7 +252,10 @@ fn hnsw_is_kept_in_step_through_add_remove_compact_reload() {
     index.add(&records[..2000], &vectors[..2000 * dim]).unwrap();
     index.build_approximate().unwrap();
     index.add(&records[2000..], &vectors[2000 * dim..]).unwrap();
-    let gone: Vec<(String, u64)> = (0..3000).step_by(3).map(|p| ("tops".to_string(), p)).collect();
+    let gone: Vec<(String, u64)> = (0..3000)
+        .step_by(3)
+        .map(|p| ("tops".to_string(), p))
+        .collect();
     index.remove_products(&gone).unwrap();
 
     let recall = |index: &Index| {
@@ -244,18 +272,29 @@ fn hnsw_is_kept_in_step_through_add_remove_compact_reload() {
         for q in queries.chunks(dim) {
             let truth = index.search(q, &exact).unwrap();
             let found = index.search(q, &approximate).unwrap();
-            assert!(found.iter().all(|h| h.product % 3 != 0), "removed product returned");
+            assert!(
+                found.iter().all(|h| h.product % 3 != 0),
+                "removed product returned"
+            );
             hits += found.iter().filter(|h| truth.contains(h)).count();
         }
         hits as f64 / 500.0
     };
     assert!(recall(&index) >= 0.95, "recall {}", recall(&index));
     index.compact().unwrap();
-    assert!(recall(&index) >= 0.95, "after compaction: {}", recall(&index));
+    assert!(
+        recall(&index) >= 0.95,
+        "after compaction: {}",
+        recall(&index)
+    );
     index.save(&path).unwrap();
     let reloaded = Index::load(&path, Some(&meta())).unwrap();
     assert!(reloaded.has_approximate());
-    assert!(recall(&reloaded) >= 0.95, "after reload: {}", recall(&reloaded));
+    assert!(
+        recall(&reloaded) >= 0.95,
+        "after reload: {}",
+        recall(&reloaded)
+    );
     let manhattan = SearchRequest {
         mode: SearchMode::Approximate,
         ..SearchRequest::new(10, Metric::Manhattan)

@@ -27,7 +27,11 @@ fn naive_score(metric: Metric, a: &[f32], b: &[f32]) -> f32 {
         Metric::SqEuclidean => sq,
         Metric::InnerProduct => dot,
         Metric::Manhattan => a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum(),
-        Metric::Chebyshev => a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max),
+        Metric::Chebyshev => a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max),
     }
 }
 
@@ -42,7 +46,10 @@ fn naive_knn(metric: Metric, rows: &[Vec<f32>], query: &[f32], k: usize) -> Vec<
         })
         .collect();
     all.sort_by_key(|&(key, pos, _)| (key, pos));
-    all.into_iter().take(k).map(|(_, pos, s)| (pos, s)).collect()
+    all.into_iter()
+        .take(k)
+        .map(|(_, pos, s)| (pos, s))
+        .collect()
 }
 
 fn metric_strategy() -> impl Strategy<Value = Metric> {
@@ -51,7 +58,10 @@ fn metric_strategy() -> impl Strategy<Value = Metric> {
 
 /// Small integers: every sum is exact in f32 (and every value exact in f16), so the fast paths
 /// must agree with the reference bit for bit, and ties, duplicates and zero vectors are common.
-fn int_matrix(max_rows: usize, max_dim: usize) -> impl Strategy<Value = (usize, Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+fn int_matrix(
+    max_rows: usize,
+    max_dim: usize,
+) -> impl Strategy<Value = (usize, Vec<Vec<f32>>, Vec<Vec<f32>>)> {
     (1..=max_dim, 0..=max_rows, 1..=6usize).prop_flat_map(|(dim, n, q)| {
         let row = prop::collection::vec((-3i8..=3).prop_map(f32::from), dim);
         (
@@ -171,7 +181,10 @@ fn rejects_bad_shapes_without_panicking() {
     assert!(Gallery::new(3, vec![1.0; 7], Precision::F32).is_err());
     let gallery = Gallery::new(3, vec![1.0; 9], Precision::F32).unwrap();
     assert!(gallery.knn(&[1.0, 2.0], 3, Metric::Cosine).is_err());
-    assert!(gallery.knn(&[1.0, 2.0, 3.0], 0, Metric::Cosine).unwrap().is_empty());
+    assert!(gallery
+        .knn(&[1.0, 2.0, 3.0], 0, Metric::Cosine)
+        .unwrap()
+        .is_empty());
 }
 
 #[test]
