@@ -163,6 +163,7 @@ fn print_stats_table(stats: &DatasetStats) {
         "category",
         "train",
         "test",
+        "pairs",
         "street photos",
         "products in pairs",
         "retrieval",
@@ -174,6 +175,7 @@ fn print_stats_table(stats: &DatasetStats) {
             name.to_string(),
             c.train_records.to_string(),
             c.test_records.to_string(),
+            c.pair_records.to_string(),
             c.unique_street_photos.to_string(),
             c.products_in_pairs.to_string(),
             c.retrieval_records.to_string(),
@@ -362,11 +364,7 @@ fn run_clean(args: CleanArgs) -> anyhow::Result<ExitCode> {
         println!("non-white: {}", list(&report.non_white));
         print_problems(&report.problems);
         match written {
-            Some(path) => println!(
-                "exclusion file: {} ({} photos)",
-                path.display(),
-                excluded
-            ),
+            Some(path) => println!("exclusion file: {} ({} photos)", path.display(), excluded),
             None => println!("exclusion file not written (--no-write)"),
         }
     }

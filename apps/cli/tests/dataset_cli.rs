@@ -66,7 +66,11 @@ fn stats_json_on_the_real_labels() {
         return;
     };
     let out = wtb(&["dataset", "stats", "--labels", path(&dir), "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v = stdout_json(&out);
     assert_eq!(v["totals"]["unique_street_photos"], 20357);
     assert_eq!(v["totals"]["pair_records"], 39266);
@@ -88,7 +92,7 @@ fn stats_json_on_the_real_labels() {
         .lines()
         .find(|l| l.starts_with("total (unique)"))
         .unwrap();
-    for n in ["20357", "39266"[..].as_ref(), "44198"] {
+    for n in ["20357", "39266", "44198"] {
         assert!(total.contains(n), "{total}");
     }
     assert!(text.contains("aspect_ratios.csv: 20357 photos"), "{text}");
@@ -101,10 +105,20 @@ fn check_passes_on_s2s_dev() {
     };
     let labels = dir.join("labels");
     let photos = dir.join("photos_resized");
-    let out = wtb(&["dataset", "check", "--labels", path(&labels), "--photos", path(&photos)]);
+    let out = wtb(&[
+        "dataset",
+        "check",
+        "--labels",
+        path(&labels),
+        "--photos",
+        path(&photos),
+    ]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("check passed") && text.contains("4867 photos decoded"), "{text}");
+    assert!(
+        text.contains("check passed") && text.contains("4867 photos decoded"),
+        "{text}"
+    );
 
     let out = wtb(&[
         "dataset",
@@ -138,7 +152,11 @@ fn clean_finds_the_planted_junk_of_s2s_dev() {
         path(&exclusions),
         "--json",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v = stdout_json(&out);
     let ids = |key: &str| -> BTreeSet<u64> {
         v[key]
@@ -167,8 +185,14 @@ fn clean_finds_the_planted_junk_of_s2s_dev() {
         let tp = found.intersection(&planted).count() as f64;
         let precision = tp / found.len().max(1) as f64;
         let recall = tp / planted.len() as f64;
-        eprintln!("{key}: found {} precision {precision:.3} recall {recall:.3}", found.len());
-        assert!(precision >= 0.95 && recall >= 0.95, "{key}: {precision} {recall}");
+        eprintln!(
+            "{key}: found {} precision {precision:.3} recall {recall:.3}",
+            found.len()
+        );
+        assert!(
+            precision >= 0.95 && recall >= 0.95,
+            "{key}: {precision} {recall}"
+        );
     }
     // The exclusion file lists exactly the excluded photos.
     let file: Value = serde_json::from_str(&std::fs::read_to_string(&exclusions).unwrap()).unwrap();
@@ -180,14 +204,20 @@ fn clean_finds_the_planted_junk_of_s2s_dev() {
         .iter()
         .map(|e| e["photo"].as_u64().unwrap())
         .collect();
-    let expected: BTreeSet<u64> = ids("placeholders").union(&ids("non_white")).copied().collect();
+    let expected: BTreeSet<u64> = ids("placeholders")
+        .union(&ids("non_white"))
+        .copied()
+        .collect();
     assert_eq!(excluded, expected);
 }
 
 fn malformed_folder() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let w = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
-    w("retrieval_bags.json", r#"[{"photo": 1, "product": 7}, {"photo": "2", "product": 7}]"#);
+    w(
+        "retrieval_bags.json",
+        r#"[{"photo": 1, "product": 7}, {"photo": "2", "product": 7}]"#,
+    );
     w(
         "train_pairs_bags.json",
         r#"[{"photo": 10, "product": 7, "bbox": {"left": 0, "top": 0, "width": -4, "height": 3}}]"#,
@@ -224,7 +254,10 @@ fn check_lists_every_problem_and_fails() {
     let out = wtb(&["dataset", "stats", "--labels", path(dir.path())]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("cannot read the labels") && err.contains("4 errors"), "{err}");
+    assert!(
+        err.contains("cannot read the labels") && err.contains("4 errors"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -239,12 +272,26 @@ fn clean_reports_missing_photos_and_writes_nothing_with_no_write() {
     )
     .unwrap();
     // The photo folder defaults to photos_resized beside the labels.
-    let out = wtb(&["dataset", "clean", "--labels", path(&labels), "--no-write", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = wtb(&[
+        "dataset",
+        "clean",
+        "--labels",
+        path(&labels),
+        "--no-write",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v = stdout_json(&out);
     assert_eq!(v["unreadable"], serde_json::json!([1]));
     assert_eq!(v["placeholders"], serde_json::json!([]));
     assert_eq!(v["non_white"], serde_json::json!([]));
-    assert!(v["problems"][0]["message"].as_str().unwrap().contains("missing"));
+    assert!(v["problems"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("missing"));
     assert!(v["exclusions_file"].is_null());
 }

@@ -51,7 +51,13 @@ impl Catalog {
             .map_err(|e| Problems(vec![Problem::error(path, format!("cannot read: {e}"))]))?;
         let headers = reader
             .headers()
-            .map_err(|e| Problems(vec![Problem::error(path, format!("cannot read header: {e}")).at(1)]))?
+            .map_err(|e| {
+                Problems(vec![Problem::error(
+                    path,
+                    format!("cannot read header: {e}"),
+                )
+                .at(1)])
+            })?
             .clone();
         let mut column = BTreeMap::new();
         let mut problems = Vec::new();
@@ -81,9 +87,15 @@ impl Catalog {
                 Ok(p) => ProductId(p),
                 Err(_) => {
                     problems.push(
-                        Problem::error(path, format!("expected a non-negative integer, found {:?}", get("product")))
-                            .at(line)
-                            .field("product"),
+                        Problem::error(
+                            path,
+                            format!(
+                                "expected a non-negative integer, found {:?}",
+                                get("product")
+                            ),
+                        )
+                        .at(line)
+                        .field("product"),
                     );
                     continue;
                 }
@@ -91,7 +103,11 @@ impl Catalog {
             let category = match Category::new(&get("category")) {
                 Ok(c) => c,
                 Err(e) => {
-                    problems.push(Problem::error(path, e.to_string()).at(line).field("category"));
+                    problems.push(
+                        Problem::error(path, e.to_string())
+                            .at(line)
+                            .field("category"),
+                    );
                     continue;
                 }
             };

@@ -134,6 +134,9 @@ fn check_records(labels: &Labels, problems: &mut Vec<Problem>) {
     }
 }
 
+/// A photo's dimensions, or why it could not be decoded.
+type Decoded = Result<(u32, u32), Problem>;
+
 /// Where a photo is used, for reporting boxes that vanish when clipped.
 struct BoxUse {
     file: std::path::PathBuf,
@@ -174,7 +177,7 @@ fn check_photos(
         }
     }
     let ids: Vec<PhotoId> = all.into_iter().collect();
-    let found: Vec<(PhotoId, Result<(u32, u32), Problem>)> = ids
+    let found: Vec<(PhotoId, Decoded)> = ids
         .par_iter()
         .map(|&photo| {
             let path = photo_path(dir, photo);

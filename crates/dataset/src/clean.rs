@@ -277,10 +277,17 @@ pub fn classify(
             });
         }
     }
-    groups.sort_by(|a, b| b.photos.len().cmp(&a.photos.len()).then(a.hash.cmp(&b.hash)));
+    groups.sort_by(|a, b| {
+        b.photos
+            .len()
+            .cmp(&a.photos.len())
+            .then(a.hash.cmp(&b.hash))
+    });
     let non_white: BTreeSet<PhotoId> = scans
         .iter()
-        .filter(|s| !placeholders.contains(&s.photo) && s.plain_fraction < config.min_plain_fraction)
+        .filter(|s| {
+            !placeholders.contains(&s.photo) && s.plain_fraction < config.min_plain_fraction
+        })
         .map(|s| s.photo)
         .collect();
     let unreadable: BTreeSet<PhotoId> = problems.iter().filter_map(|p| p.photo).collect();
@@ -416,7 +423,10 @@ impl Exclusions {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("exclusions");
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("exclusions");
         let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
         let result = (|| {
             let mut f = std::fs::File::create(&tmp)?;
@@ -453,7 +463,11 @@ impl Exclusions {
         }
         let file: ExclusionFile = serde_json::from_value(head).map_err(json)?;
         Ok(Exclusions {
-            photos: file.excluded.into_iter().map(|e| (e.photo, e.reason)).collect(),
+            photos: file
+                .excluded
+                .into_iter()
+                .map(|e| (e.photo, e.reason))
+                .collect(),
             config: file.config,
         })
     }

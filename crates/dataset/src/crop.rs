@@ -178,11 +178,20 @@ mod tests {
     fn zero_area_is_an_error() {
         let img = gradient(100, 80);
         let zero = BBox::new(10.0, 10.0, 0.0, 0.0);
-        assert!(matches!(crop(&img, &zero, 0.2), Err(CropError::ZeroArea { .. })));
+        assert!(matches!(
+            crop(&img, &zero, 0.2),
+            Err(CropError::ZeroArea { .. })
+        ));
         let outside = BBox::new(200.0, 10.0, 10.0, 10.0);
-        assert!(matches!(crop(&img, &outside, 0.0), Err(CropError::ZeroArea { .. })));
+        assert!(matches!(
+            crop(&img, &outside, 0.0),
+            Err(CropError::ZeroArea { .. })
+        ));
         let nan = BBox::new(f64::NAN, 0.0, 1.0, 1.0);
-        assert!(matches!(crop(&img, &nan, 0.0), Err(CropError::Invalid { .. })));
+        assert!(matches!(
+            crop(&img, &nan, 0.0),
+            Err(CropError::Invalid { .. })
+        ));
         assert!(matches!(
             crop(&img, &BBox::new(0.0, 0.0, 5.0, 5.0), -0.1),
             Err(CropError::Invalid { .. })

@@ -165,7 +165,10 @@ mod tests {
     #[test]
     fn ids_are_transparent() {
         assert_eq!(serde_json::to_string(&PhotoId(7)).unwrap(), "7");
-        assert_eq!(serde_json::from_str::<ProductId>("9").unwrap(), ProductId(9));
+        assert_eq!(
+            serde_json::from_str::<ProductId>("9").unwrap(),
+            ProductId(9)
+        );
         let key = ProductKey::new(Category::new("bags").unwrap(), ProductId(3));
         assert_eq!(key.to_string(), "bags/3");
     }

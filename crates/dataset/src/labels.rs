@@ -162,7 +162,10 @@ impl Labels {
         let entries = match std::fs::read_dir(dir) {
             Ok(entries) => entries,
             Err(e) => {
-                problems.push(Problem::error(dir, format!("cannot read label folder: {e}")));
+                problems.push(Problem::error(
+                    dir,
+                    format!("cannot read label folder: {e}"),
+                ));
                 return (labels, problems);
             }
         };
@@ -463,7 +466,14 @@ pub fn read_pairs_file(path: &Path, problems: &mut Vec<Problem>) -> Vec<PairReco
         };
         let photo = id_field(path, index, map, "photo", problems);
         let product = id_field(path, index, map, "product", problems);
-        warn_unknown_fields(path, index, map, &["photo", "product", "bbox"], "", problems);
+        warn_unknown_fields(
+            path,
+            index,
+            map,
+            &["photo", "product", "bbox"],
+            "",
+            problems,
+        );
         let bbox = match map.get("bbox") {
             None => {
                 problems.push(Problem::error(path, "missing").at(index).field("bbox"));
@@ -494,9 +504,12 @@ pub fn read_pairs_file(path: &Path, problems: &mut Vec<Problem>) -> Vec<PairReco
             }
             Some(other) => {
                 problems.push(
-                    Problem::error(path, format!("expected an object, found {}", type_name(other)))
-                        .at(index)
-                        .field("bbox"),
+                    Problem::error(
+                        path,
+                        format!("expected an object, found {}", type_name(other)),
+                    )
+                    .at(index)
+                    .field("bbox"),
                 );
                 None
             }

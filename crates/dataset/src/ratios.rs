@@ -41,18 +41,32 @@ impl AspectRatios {
         let mut problems = Vec::new();
         let mut reader = match csv::ReaderBuilder::new().has_headers(true).from_path(path) {
             Ok(reader) => reader,
-            Err(e) => return Err(Problems(vec![Problem::error(path, format!("cannot read: {e}"))])),
+            Err(e) => {
+                return Err(Problems(vec![Problem::error(
+                    path,
+                    format!("cannot read: {e}"),
+                )]))
+            }
         };
         match reader.headers() {
             Ok(headers) if headers.iter().map(str::trim).eq(["img", "ratio"]) => {}
             Ok(headers) => {
                 return Err(Problems(vec![Problem::error(
                     path,
-                    format!("expected the header img,ratio, found {:?}", headers.iter().collect::<Vec<_>>()),
+                    format!(
+                        "expected the header img,ratio, found {:?}",
+                        headers.iter().collect::<Vec<_>>()
+                    ),
                 )
                 .at(1)]))
             }
-            Err(e) => return Err(Problems(vec![Problem::error(path, format!("cannot read header: {e}")).at(1)])),
+            Err(e) => {
+                return Err(Problems(vec![Problem::error(
+                    path,
+                    format!("cannot read header: {e}"),
+                )
+                .at(1)]))
+            }
         }
         let mut ratios = HashMap::new();
         for (i, row) in reader.records().enumerate() {
@@ -66,11 +80,7 @@ impl AspectRatios {
             };
             let img = row.get(0).unwrap_or("").trim();
             let value = row.get(1).unwrap_or("").trim();
-            let photo = match img
-                .strip_suffix(".jpg")
-                .unwrap_or(img)
-                .parse::<u64>()
-            {
+            let photo = match img.strip_suffix(".jpg").unwrap_or(img).parse::<u64>() {
                 Ok(id) => PhotoId(id),
                 Err(_) => {
                     problems.push(
@@ -90,7 +100,9 @@ impl AspectRatios {
                         problems.push(
                             Problem::error(
                                 path,
-                                format!("expected a positive number or 'corrupted', found {value:?}"),
+                                format!(
+                                    "expected a positive number or 'corrupted', found {value:?}"
+                                ),
                             )
                             .at(line)
                             .field("ratio"),
@@ -132,7 +144,10 @@ impl AspectRatios {
 
     /// Number of rows marked `corrupted`.
     pub fn corrupted(&self) -> usize {
-        self.ratios.values().filter(|r| **r == Ratio::Corrupted).count()
+        self.ratios
+            .values()
+            .filter(|r| **r == Ratio::Corrupted)
+            .count()
     }
 
     /// The box of `photo` brought into stored-photo pixels (multiplied by the photo's factor).

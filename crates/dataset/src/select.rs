@@ -124,7 +124,8 @@ impl Labels {
                     if options.single_item_only {
                         let n = items.get(&pair.photo).copied().unwrap_or(0);
                         if n > 1 {
-                            out.skipped.push(skip(SkipReason::MultipleItems { items: n }));
+                            out.skipped
+                                .push(skip(SkipReason::MultipleItems { items: n }));
                             continue;
                         }
                     }

@@ -63,7 +63,10 @@ fn queries_single_item_and_categories() {
     let labels = Labels::load(dir.path()).unwrap();
     let all = labels.queries(&QueryOptions::default());
     assert_eq!(all.queries.len(), 4);
-    assert_eq!(all.queries[0].product, ProductKey::new(cat("bags"), ProductId(7)));
+    assert_eq!(
+        all.queries[0].product,
+        ProductKey::new(cat("bags"), ProductId(7))
+    );
     assert_eq!(all.queries[0].split, PairSplit::Train);
     let single = labels.queries(&QueryOptions {
         single_item_only: true,
@@ -72,7 +75,10 @@ fn queries_single_item_and_categories() {
     let photos: Vec<PhotoId> = single.queries.iter().map(|q| q.photo).collect();
     assert_eq!(photos, vec![PhotoId(21), PhotoId(22)]);
     assert_eq!(single.skipped.len(), 2);
-    assert_eq!(single.skipped[0].reason, SkipReason::MultipleItems { items: 2 });
+    assert_eq!(
+        single.skipped[0].reason,
+        SkipReason::MultipleItems { items: 2 }
+    );
     let tops_test = labels.queries(&QueryOptions {
         categories: Some(BTreeSet::from([cat("tops")])),
         splits: vec![PairSplit::Test],
@@ -94,7 +100,10 @@ fn ratios_rescale_boxes() {
     assert_eq!(q.queries.len(), 2); // photo 20 twice
     assert_eq!(q.queries[0].bbox, BBox::new(5.0, 10.0, 15.0, 20.0));
     let reasons: Vec<&SkipReason> = q.skipped.iter().map(|s| &s.reason).collect();
-    assert_eq!(reasons, vec![&SkipReason::CorruptedRatio, &SkipReason::NoRatio]);
+    assert_eq!(
+        reasons,
+        vec![&SkipReason::CorruptedRatio, &SkipReason::NoRatio]
+    );
     let report = check(dir.path(), None, &DecodeLimits::default());
     assert!(report.passed());
     assert_eq!(report.warnings(), 2);
@@ -121,7 +130,9 @@ fn splits_are_deterministic_and_product_level() {
         .take(5)
         .collect();
     assert_eq!(zeros, PINNED_FIRST_VALIDATION);
-    let three = ProductSplit::new(1, &[0.6, 0.2, 0.2]).unwrap().assign(&products);
+    let three = ProductSplit::new(1, &[0.6, 0.2, 0.2])
+        .unwrap()
+        .assign(&products);
     let sizes: Vec<usize> = (0..3)
         .map(|i| three.values().filter(|p| **p == i).count())
         .collect();
@@ -145,7 +156,9 @@ fn gallery_honours_exclusions_from_a_file() {
     exclusions
         .photos
         .insert(PhotoId(2), ExclusionReason::Placeholder);
-    exclusions.photos.insert(PhotoId(5), ExclusionReason::NonWhite);
+    exclusions
+        .photos
+        .insert(PhotoId(5), ExclusionReason::NonWhite);
     let out = tempfile::tempdir().unwrap();
     let path = out.path().join("exclusions.json");
     exclusions.save(&path).unwrap();
@@ -161,7 +174,11 @@ fn gallery_honours_exclusions_from_a_file() {
     assert_eq!(g.excluded_records, 2);
     assert_eq!(g.products().len(), 3);
 
-    write(out.path(), "future.json", r#"{"format": "wtb-exclusions", "version": 99, "excluded": []}"#);
+    write(
+        out.path(),
+        "future.json",
+        r#"{"format": "wtb-exclusions", "version": 99, "excluded": []}"#,
+    );
     assert!(matches!(
         Exclusions::load(&out.path().join("future.json")),
         Err(ExclusionsError::Version { version: 99, .. })
@@ -208,7 +225,11 @@ fn placeholder_needs_many_products() {
     // Two photos with the same content under two products is not enough by default (3).
     let key = |c: &str, p: u64| ProductKey::new(cat(c), ProductId(p));
     let mut shop = std::collections::BTreeMap::new();
-    for (photo, k) in [(1, key("bags", 1)), (2, key("bags", 2)), (3, key("tops", 1))] {
+    for (photo, k) in [
+        (1, key("bags", 1)),
+        (2, key("bags", 2)),
+        (3, key("tops", 1)),
+    ] {
         shop.insert(PhotoId(photo), BTreeSet::from([k]));
     }
     let scan = |photo: u64, hash: &str| PhotoScan {
@@ -217,9 +238,19 @@ fn placeholder_needs_many_products() {
         plain_fraction: 1.0,
     };
     let config = CleanConfig::default();
-    let two = classify(&shop, vec![scan(1, "h"), scan(2, "h"), scan(3, "g")], vec![], &config);
+    let two = classify(
+        &shop,
+        vec![scan(1, "h"), scan(2, "h"), scan(3, "g")],
+        vec![],
+        &config,
+    );
     assert!(two.placeholders.is_empty());
-    let three = classify(&shop, vec![scan(1, "h"), scan(2, "h"), scan(3, "h")], vec![], &config);
+    let three = classify(
+        &shop,
+        vec![scan(1, "h"), scan(2, "h"), scan(3, "h")],
+        vec![],
+        &config,
+    );
     assert_eq!(three.placeholders.len(), 3);
     assert_eq!(three.placeholder_groups[0].products, 3);
     assert_eq!(three.categories[&cat("bags")].placeholders, 2);

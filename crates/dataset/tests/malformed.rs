@@ -15,7 +15,11 @@ fn write(dir: &Path, name: &str, text: &str) {
 /// A small valid label folder: bags with one shop photo (1) and one street photo (10).
 fn valid_folder() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "retrieval_bags.json", r#"[{"photo": 1, "product": 7}]"#);
+    write(
+        dir.path(),
+        "retrieval_bags.json",
+        r#"[{"photo": 1, "product": 7}]"#,
+    );
     write(
         dir.path(),
         "train_pairs_bags.json",
@@ -56,7 +60,11 @@ fn valid_folder_loads() {
 #[test]
 fn truncated_json_names_the_file() {
     let dir = valid_folder();
-    write(dir.path(), "retrieval_bags.json", r#"[{"photo": 1, "product""#);
+    write(
+        dir.path(),
+        "retrieval_bags.json",
+        r#"[{"photo": 1, "product""#,
+    );
     let errors = errors_of(dir.path());
     assert_eq!(errors.len(), 1);
     let e = &errors[0];
@@ -66,11 +74,23 @@ fn truncated_json_names_the_file() {
 
     write(dir.path(), "retrieval_bags.json", "not json at all");
     let errors = errors_of(dir.path());
-    assert!(errors[0].message.contains("invalid JSON at line 1"), "{}", errors[0]);
+    assert!(
+        errors[0].message.contains("invalid JSON at line 1"),
+        "{}",
+        errors[0]
+    );
 
-    write(dir.path(), "retrieval_bags.json", r#"{"photo": 1, "product": 7}"#);
+    write(
+        dir.path(),
+        "retrieval_bags.json",
+        r#"{"photo": 1, "product": 7}"#,
+    );
     let errors = errors_of(dir.path());
-    assert!(errors[0].message.contains("expected a JSON array"), "{}", errors[0]);
+    assert!(
+        errors[0].message.contains("expected a JSON array"),
+        "{}",
+        errors[0]
+    );
 }
 
 #[test]
@@ -98,17 +118,29 @@ fn wrong_types_name_the_record_and_field() {
                     && p.record == Some(record)
                     && p.field.as_deref() == field
             })
-            .unwrap_or_else(|| panic!("no problem for {file} record {record} {field:?}: {errors:#?}"))
+            .unwrap_or_else(|| {
+                panic!("no problem for {file} record {record} {field:?}: {errors:#?}")
+            })
     };
     let r = "retrieval_bags.json";
     assert!(find(r, 1, Some("photo")).message.contains("found a string"));
     assert_eq!(find(r, 2, Some("photo")).message, "missing");
-    assert!(find(r, 3, Some("product")).message.contains("must not be negative"));
-    assert!(find(r, 4, Some("photo")).message.contains("expected an integer"));
-    assert!(find(r, 5, None).message.contains("expected an object, found an integer"));
+    assert!(find(r, 3, Some("product"))
+        .message
+        .contains("must not be negative"));
+    assert!(find(r, 4, Some("photo"))
+        .message
+        .contains("expected an integer"));
+    assert!(find(r, 5, None)
+        .message
+        .contains("expected an object, found an integer"));
     let t = "train_pairs_bags.json";
-    assert!(find(t, 0, Some("bbox.width")).message.contains("found a string"));
-    assert!(find(t, 1, Some("bbox.width")).message.contains("must not be negative"));
+    assert!(find(t, 0, Some("bbox.width"))
+        .message
+        .contains("found a string"));
+    assert!(find(t, 1, Some("bbox.width"))
+        .message
+        .contains("must not be negative"));
     assert!(find(t, 2, Some("bbox")).message.contains("found an array"));
     assert_eq!(find(t, 3, Some("bbox")).message, "missing");
     // The display says where.
@@ -148,7 +180,11 @@ fn unknown_category_files_are_errors() {
 #[test]
 fn check_lists_every_problem() {
     let dir = valid_folder();
-    write(dir.path(), "retrieval_bags.json", r#"[{"photo": "x", "product": "y"}]"#);
+    write(
+        dir.path(),
+        "retrieval_bags.json",
+        r#"[{"photo": "x", "product": "y"}]"#,
+    );
     write(dir.path(), "test_pairs_bags.json", "[");
     write(dir.path(), "hats.json", "[]");
     let report = check(dir.path(), None, &DecodeLimits::default());
@@ -180,7 +216,10 @@ fn zero_area_box_is_reported_and_skipped() {
         .any(|p| p.photo == Some(PhotoId(10)) && p.message.contains("zero-area box")));
     let image = RgbImage::new(20, 20);
     let bbox = labels.categories.values().next().unwrap().train[0].bbox;
-    assert!(matches!(crop(&image, &bbox, 0.1), Err(CropError::ZeroArea { .. })));
+    assert!(matches!(
+        crop(&image, &bbox, 0.1),
+        Err(CropError::ZeroArea { .. })
+    ));
 }
 
 #[test]
@@ -193,8 +232,11 @@ fn box_outside_the_photo_is_reported_by_check() {
     );
     let photos = tempfile::tempdir().unwrap();
     for id in [1, 10] {
-        std::fs::write(photos.path().join(format!("{id}.jpg")), jpeg(&RgbImage::new(40, 30)))
-            .unwrap();
+        std::fs::write(
+            photos.path().join(format!("{id}.jpg")),
+            jpeg(&RgbImage::new(40, 30)),
+        )
+        .unwrap();
     }
     let report = check(dir.path(), Some(photos.path()), &DecodeLimits::default());
     assert!(report.passed(), "{:#?}", report.problems);
@@ -215,7 +257,10 @@ fn missing_photo_is_reported() {
     assert_eq!(report.errors(), 1, "{:#?}", report.problems);
     let p = report.problems.iter().find(|p| p.is_error()).unwrap();
     assert_eq!(p.photo, Some(PhotoId(1)));
-    assert!(p.to_string().contains("1.jpg") && p.message.contains("missing"), "{p}");
+    assert!(
+        p.to_string().contains("1.jpg") && p.message.contains("missing"),
+        "{p}"
+    );
 
     let e = load_rgb(&photos.path().join("1.jpg"), &DecodeLimits::default()).unwrap_err();
     assert!(e.is_missing());
@@ -223,7 +268,12 @@ fn missing_photo_is_reported() {
 
     // Cleaning skips and reports it.
     let labels = Labels::load(dir.path()).unwrap();
-    let report = clean(&labels, photos.path(), &CleanConfig::default(), &DecodeLimits::default());
+    let report = clean(
+        &labels,
+        photos.path(),
+        &CleanConfig::default(),
+        &DecodeLimits::default(),
+    );
     assert_eq!(report.unreadable, vec![PhotoId(1)]);
     assert_eq!(report.problems.len(), 1);
     assert_eq!(
@@ -246,7 +296,10 @@ fn corrupt_jpeg_is_an_error() {
 
     // Cut inside the headers.
     let e = decode_rgb(&good[..100], &limits).unwrap_err();
-    assert!(matches!(e.problem, PhotoProblem::Decode(_) | PhotoProblem::Io(_)), "{e}");
+    assert!(
+        matches!(e.problem, PhotoProblem::Decode(_) | PhotoProblem::Io(_)),
+        "{e}"
+    );
 
     // Cut inside the entropy-coded data: either refused or decoded, never a panic.
     let _ = decode_rgb(&good[..good.len() / 2], &limits);
@@ -260,7 +313,10 @@ fn corrupt_jpeg_is_an_error() {
     let path = dir.path().join("99.jpg");
     std::fs::write(&path, &garbage).unwrap();
     let e = load_rgb(&path, &limits).unwrap_err();
-    assert!(e.to_string().contains("99.jpg") && e.to_string().contains("cannot decode"), "{e}");
+    assert!(
+        e.to_string().contains("99.jpg") && e.to_string().contains("cannot decode"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -285,8 +341,14 @@ fn cmyk_jpeg_decodes_to_rgb() {
     assert_eq!(rgb.dimensions(), (8, 8));
     let cyan = rgb.get_pixel(1, 4).0;
     let yellow = rgb.get_pixel(6, 4).0;
-    assert!(cyan[0] < 60 && cyan[1] > 190 && cyan[2] > 190, "cyan {cyan:?}");
-    assert!(yellow[0] > 190 && yellow[1] > 190 && yellow[2] < 60, "yellow {yellow:?}");
+    assert!(
+        cyan[0] < 60 && cyan[1] > 190 && cyan[2] > 190,
+        "cyan {cyan:?}"
+    );
+    assert!(
+        yellow[0] > 190 && yellow[1] > 190 && yellow[2] < 60,
+        "yellow {yellow:?}"
+    );
 }
 
 #[test]
@@ -311,7 +373,10 @@ fn grayscale_and_alpha_become_rgb_on_white() {
         .write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Png)
         .unwrap();
     assert_eq!(
-        decode_rgb(&bytes, &DecodeLimits::default()).unwrap().get_pixel(2, 2).0,
+        decode_rgb(&bytes, &DecodeLimits::default())
+            .unwrap()
+            .get_pixel(2, 2)
+            .0,
         [77, 77, 77]
     );
 
@@ -381,7 +446,10 @@ fn exif_orientation_is_applied() {
         .unwrap();
     let rgb = decode_rgb(&bytes, &DecodeLimits::default()).unwrap();
     assert_eq!(rgb.dimensions(), (16, 32));
-    assert!(rgb.get_pixel(8, 2).0[0] > 200, "the white left band is now on top");
+    assert!(
+        rgb.get_pixel(8, 2).0[0] > 200,
+        "the white left band is now on top"
+    );
     assert!(rgb.get_pixel(8, 28).0[0] < 50);
 }
 
@@ -416,7 +484,10 @@ fn png_claiming(width: u32, height: u32) -> Vec<u8> {
     ihdr.extend_from_slice(&height.to_be_bytes());
     ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit RGB, deflate, no filter, no interlace
     png.extend(chunk(b"IHDR", &ihdr));
-    png.extend(chunk(b"IDAT", &[0x78, 0x9C, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]));
+    png.extend(chunk(
+        b"IDAT",
+        &[0x78, 0x9C, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+    ));
     png.extend(chunk(b"IEND", &[]));
     png
 }
@@ -471,6 +542,8 @@ fn bad_ratio_file_lines_are_reported() {
     );
     let errors = errors_of(dir.path());
     assert_eq!(errors.len(), 2, "{errors:#?}");
-    assert!(errors[0].to_string().contains("aspect_ratios.csv: line 4: field img"));
+    assert!(errors[0]
+        .to_string()
+        .contains("aspect_ratios.csv: line 4: field img"));
     assert!(errors[1].to_string().contains("line 5: field ratio"));
 }

@@ -70,7 +70,10 @@ fn street2shop_stats_match_the_readme() {
         assert_eq!(c.pair_records, train + test, "{name}");
     }
     // The ratio file covers every street photo.
-    let ratios = labels.aspect_ratios.as_ref().expect("aspect_ratios.csv is read");
+    let ratios = labels
+        .aspect_ratios
+        .as_ref()
+        .expect("aspect_ratios.csv is read");
     assert_eq!(ratios.len(), 20357);
 }
 
@@ -80,10 +83,15 @@ fn street2shop_zero_area_box_is_reported_and_skipped() {
         return;
     };
     let report = check(&dir, None, &DecodeLimits::default());
-    assert!(report.passed(), "{:?}", report.problems.iter().find(|p| p.is_error()));
-    assert!(report.problems.iter().any(|p| {
-        p.photo == Some(PhotoId(8288)) && p.message.contains("zero-area box")
-    }));
+    assert!(
+        report.passed(),
+        "{:?}",
+        report.problems.iter().find(|p| p.is_error())
+    );
+    assert!(report
+        .problems
+        .iter()
+        .any(|p| { p.photo == Some(PhotoId(8288)) && p.message.contains("zero-area box") }));
     let labels = Labels::load(&dir).unwrap();
     let queries = labels.queries(&QueryOptions::default());
     assert!(queries
@@ -127,7 +135,10 @@ fn s2s_truth(dir: &std::path::Path) -> HashMap<PhotoId, String> {
 
 fn precision_recall(found: &[PhotoId], truth: &BTreeSet<PhotoId>) -> (f64, f64) {
     let tp = found.iter().filter(|p| truth.contains(p)).count() as f64;
-    (tp / found.len().max(1) as f64, tp / truth.len().max(1) as f64)
+    (
+        tp / found.len().max(1) as f64,
+        tp / truth.len().max(1) as f64,
+    )
 }
 
 #[test]
@@ -182,8 +193,14 @@ fn s2s_dev_clean_finds_the_planted_junk() {
         report.placeholders.len(),
         report.non_white.len()
     );
-    assert!(pp >= 0.95 && pr >= 0.95, "placeholders: precision {pp}, recall {pr}");
-    assert!(np >= 0.95 && nr >= 0.95, "non-white: precision {np}, recall {nr}");
+    assert!(
+        pp >= 0.95 && pr >= 0.95,
+        "placeholders: precision {pp}, recall {pr}"
+    );
+    assert!(
+        np >= 0.95 && nr >= 0.95,
+        "non-white: precision {np}, recall {nr}"
+    );
     // The exclusions are honoured by the gallery.
     let exclusions = report.exclusions();
     let gallery = labels.gallery(None, Some(&exclusions));

@@ -338,7 +338,7 @@ impl Plan {
 
     /// The pre-pooling feature map, `[N, C, H, W]`, of a normalised `[N, 3, H, W]` input.
     pub fn feature_map(&self, input: &Tensor) -> Result<Tensor> {
-        self.run(input, &mut Profile::disabled(), |ws, last, dims| {
+        self.run(input, &mut Profile::disabled(), |ws, last, dims, _| {
             let mut nchw = vec![0.0; dims.len()];
             kernels::nhwc_to_nchw(&ws.buffers[last][..dims.len()], dims, &mut nchw)?;
             Ok(Tensor::from_vec(nchw, (dims.n, dims.c, dims.h, dims.w), &Device::Cpu)?)
@@ -372,7 +372,7 @@ impl Plan {
     }
 
     fn pooled(&self, input: &Tensor, profile: &mut Profile) -> Result<Tensor> {
-        self.run(input, profile, |ws, last, dims| {
+        self.run(input, profile, |ws, last, dims, profile| {
             let t = Instant::now();
             let pooled = &mut ws.pooled;
             kernels::global_avg_pool(&ws.buffers[last][..dims.len()], dims, pooled)?;
@@ -397,12 +397,13 @@ impl Plan {
         Ok(logits)
     }
 
-    /// Runs every step, then hands the workspace, the feature map's buffer and its shape to `finish`.
+    /// Runs every step, then hands the workspace, the feature map's buffer, its shape and the
+    /// profile to `finish`.
     fn run<R>(
         &self,
         input: &Tensor,
         profile: &mut Profile,
-        finish: impl FnOnce(&mut Workspace, usize, Nhwc) -> Result<R>,
+        finish: impl FnOnce(&mut Workspace, usize, Nhwc, &mut Profile) -> Result<R>,
     ) -> Result<R> {
         let (n, c, h, w) = input.dims4().map_err(|_| {
             KernelError::Input(format!("expected [N, 3, H, W], got shape {:?}", input.dims()))
@@ -426,7 +427,7 @@ impl Plan {
         let result = self.execute(input, &mut ws, profile).and_then(|()| {
             let last = self.value_buffer[self.arch.nodes.len()];
             let dims = ws.dims[self.arch.nodes.len()];
-            finish(&mut ws, last, dims)
+            finish(&mut ws, last, dims, profile)
         });
         if let Ok(mut guard) = self.workspace.lock() {
             *guard = Some(ws);
