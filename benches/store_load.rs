@@ -22,7 +22,9 @@ use wtb_store::{load_backend, start, CatalogueConfig, Readiness, StoreOptions};
 
 fn env_usize(name: &str, default: usize) -> anyhow::Result<usize> {
     match std::env::var(name) {
-        Ok(value) => value.parse().with_context(|| format!("{name}={value:?} is not a number")),
+        Ok(value) => value
+            .parse()
+            .with_context(|| format!("{name}={value:?} is not a number")),
         Err(_) => Ok(default),
     }
 }
@@ -37,7 +39,10 @@ fn street_queries(data: &Path) -> anyhow::Result<Vec<Query>> {
     let mut queries = Vec::new();
     for entry in std::fs::read_dir(data.join("labels"))? {
         let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         if !name.starts_with("test_pairs_") {
             continue;
         }
@@ -101,7 +106,10 @@ fn main() -> anyhow::Result<()> {
     let weights = shared.join("models/mobilenet_v2_torchvision_imagenet1k.safetensors");
     for needed in [&data, &weights] {
         if !needed.exists() {
-            eprintln!("skipping: {} not found (set WTB_SHARED_DIR)", needed.display());
+            eprintln!(
+                "skipping: {} not found (set WTB_SHARED_DIR)",
+                needed.display()
+            );
             return Ok(());
         }
     }
@@ -126,7 +134,10 @@ fn main() -> anyhow::Result<()> {
     let readiness = Readiness::new();
     let started = Instant::now();
     let backend = load_backend(&config, &readiness)?;
-    eprintln!("catalogue ready in {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "catalogue ready in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     readiness.set_ready(Arc::new(backend));
     let options = StoreOptions {
         bind: "127.0.0.1:0".to_string(),
@@ -138,12 +149,18 @@ fn main() -> anyhow::Result<()> {
     let store = start(options, readiness)?;
     let url = format!("http://{}/api/v1/search", store.addr());
     let queries = Arc::new(street_queries(&data)?);
-    anyhow::ensure!(!queries.is_empty(), "no street photos in {}", data.display());
+    anyhow::ensure!(
+        !queries.is_empty(),
+        "no street photos in {}",
+        data.display()
+    );
 
     // Warm-up (first-touch allocations, page cache), not measured.
     for query in queries.iter().take(4) {
         let (content_type, body) = multipart(query);
-        ureq::post(&url).set("Content-Type", &content_type).send_bytes(&body)?;
+        ureq::post(&url)
+            .set("Content-Type", &content_type)
+            .send_bytes(&body)?;
     }
 
     let issued = Arc::new(AtomicUsize::new(0));
@@ -153,10 +170,14 @@ fn main() -> anyhow::Result<()> {
         .map(|client| {
             let (url, queries, issued) = (url.clone(), Arc::clone(&queries), Arc::clone(&issued));
             std::thread::spawn(move || {
-                let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build();
+                let agent = ureq::AgentBuilder::new()
+                    .timeout(Duration::from_secs(60))
+                    .build();
                 let (mut latencies, mut errors) = (Vec::new(), Vec::new());
                 let mut i = client * 7;
-                while Instant::now() < deadline && issued.fetch_add(1, Ordering::Relaxed) < max_requests {
+                while Instant::now() < deadline
+                    && issued.fetch_add(1, Ordering::Relaxed) < max_requests
+                {
                     let (content_type, body) = multipart(&queries[i % queries.len()]);
                     i += 1;
                     let sent = Instant::now();
@@ -178,7 +199,9 @@ fn main() -> anyhow::Result<()> {
     let mut latencies = Vec::new();
     let mut errors = Vec::new();
     for thread in threads {
-        let (l, e) = thread.join().map_err(|_| anyhow::anyhow!("a client thread panicked"))?;
+        let (l, e) = thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("a client thread panicked"))?;
         latencies.extend(l);
         errors.extend(e);
     }
@@ -216,7 +239,10 @@ fn main() -> anyhow::Result<()> {
     }
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("out");
     std::fs::create_dir_all(&out)?;
-    std::fs::write(out.join("store_load.json"), serde_json::to_string_pretty(&report)?)?;
+    std::fs::write(
+        out.join("store_load.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
     anyhow::ensure!(errors.is_empty(), "{} requests failed", errors.len());
     Ok(())
 }

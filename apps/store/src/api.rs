@@ -18,13 +18,18 @@ pub const DEFAULT_K: usize = 12;
 pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/api/v1")
-            .app_data(web::QueryConfig::default().error_handler(|err, _| {
-                ApiError(StoreError::bad_request(err.to_string())).into()
-            }))
+            .app_data(
+                web::QueryConfig::default().error_handler(|err, _| {
+                    ApiError(StoreError::bad_request(err.to_string())).into()
+                }),
+            )
             .route("/search", web::post().to(search))
             .route("/categories", web::get().to(categories))
             .route("/products/{category}/{product}", web::get().to(product))
-            .route("/products/{category}/{product}/similar", web::get().to(similar))
+            .route(
+                "/products/{category}/{product}/similar",
+                web::get().to(similar),
+            )
             .route("/openapi.json", web::get().to(openapi)),
     );
 }
@@ -96,9 +101,15 @@ async fn product(
     let id = parse_id(&product, "product")?;
     let backend = state.backend()?;
     let entry = backend.product(&category, id).ok_or_else(|| {
-        StoreError::not_found(format!("there is no product {product} in category {category:?}"))
+        StoreError::not_found(format!(
+            "there is no product {product} in category {category:?}"
+        ))
     })?;
-    let image_urls: Vec<String> = entry.photos.iter().map(|p| format!("/photos/{p}")).collect();
+    let image_urls: Vec<String> = entry
+        .photos
+        .iter()
+        .map(|p| format!("/photos/{p}"))
+        .collect();
     let attributes: serde_json::Map<String, serde_json::Value> = entry
         .attributes
         .iter()

@@ -60,7 +60,9 @@ impl From<BackendError> for StoreError {
             BackendError::BadImage(d) => {
                 StoreError::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_image", d)
             }
-            BackendError::TooLarge(d) => StoreError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", d),
+            BackendError::TooLarge(d) => {
+                StoreError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", d)
+            }
             BackendError::BadQuery(d) => StoreError::bad_request(d),
             BackendError::NotFound(d) => StoreError::not_found(d),
             BackendError::Internal(d) => {
@@ -79,7 +81,11 @@ impl From<PoolError> for StoreError {
             }
             PoolError::Panicked(_) | PoolError::Closed => {
                 tracing::error!(error = %err, "inference worker failure");
-                StoreError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", err.to_string())
+                StoreError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    err.to_string(),
+                )
             }
         }
     }
@@ -163,15 +169,21 @@ mod tests {
         for (err, status) in cases {
             assert_eq!(StoreError::from(err).status.as_u16(), status);
         }
-        let busy = StoreError::from(PoolError::Busy { workers: 1, queued: 4 });
+        let busy = StoreError::from(PoolError::Busy {
+            workers: 1,
+            queued: 4,
+        });
         assert_eq!(busy.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(busy.retry_after(), Some(RETRY_AFTER_SECONDS));
     }
 
     #[test]
     fn api_errors_are_json_with_retry_after_when_busy() {
-        let response = ApiError(StoreError::from(PoolError::Busy { workers: 1, queued: 4 }))
-            .error_response();
+        let response = ApiError(StoreError::from(PoolError::Busy {
+            workers: 1,
+            queued: 4,
+        }))
+        .error_response();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers().get(header::RETRY_AFTER).unwrap(), "2");
         assert_eq!(

@@ -33,7 +33,11 @@ impl Histogram {
         for (bound, count) in BUCKETS.iter().zip(self.counts.iter()) {
             let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {count}");
         }
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
+            self.count
+        );
         let braces = if labels.is_empty() {
             String::new()
         } else {
@@ -120,7 +124,9 @@ impl Metrics {
         out.push_str("# HELP wtb_inference_workers Inference worker threads.\n");
         out.push_str("# TYPE wtb_inference_workers gauge\n");
         let _ = writeln!(out, "wtb_inference_workers {workers}");
-        out.push_str("# HELP wtb_rejected_total Requests refused with 503 because the queue was full.\n");
+        out.push_str(
+            "# HELP wtb_rejected_total Requests refused with 503 because the queue was full.\n",
+        );
         out.push_str("# TYPE wtb_rejected_total counter\n");
         let _ = writeln!(out, "wtb_rejected_total {}", inner.rejected);
         out
@@ -156,8 +162,12 @@ mod tests {
         assert!(text.contains(
             "wtb_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"} 2"
         ));
-        assert!(text.contains("wtb_http_request_duration_seconds_bucket{route=\"/healthz\",le=\"0.005\"} 1"));
-        assert!(text.contains("wtb_http_request_duration_seconds_bucket{route=\"/healthz\",le=\"0.25\"} 2"));
+        assert!(text.contains(
+            "wtb_http_request_duration_seconds_bucket{route=\"/healthz\",le=\"0.005\"} 1"
+        ));
+        assert!(text.contains(
+            "wtb_http_request_duration_seconds_bucket{route=\"/healthz\",le=\"0.25\"} 2"
+        ));
         assert!(text.contains("wtb_http_request_duration_seconds_count{route=\"/healthz\"} 2"));
         assert!(text.contains("wtb_inference_duration_seconds_bucket{le=\"0.05\"} 1"));
         assert!(text.contains("wtb_inference_duration_seconds_bucket{le=\"0.025\"} 0"));

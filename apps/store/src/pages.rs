@@ -29,7 +29,10 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
         ("home.html", include_str!("../templates/home.html")),
         ("results.html", include_str!("../templates/results.html")),
         ("product.html", include_str!("../templates/product.html")),
-        ("catalogue.html", include_str!("../templates/catalogue.html")),
+        (
+            "catalogue.html",
+            include_str!("../templates/catalogue.html"),
+        ),
         ("error.html", include_str!("../templates/error.html")),
     ] {
         if let Err(e) = env.add_template(name, source) {
@@ -147,7 +150,9 @@ async fn product(
     let backend = state.backend()?;
     let id = parse_id(&product, "product")?;
     let entry = backend.product(&category, id).ok_or_else(|| {
-        StoreError::not_found(format!("there is no product {product} in category {category:?}"))
+        StoreError::not_found(format!(
+            "there is no product {product} in category {category:?}"
+        ))
     })?;
     // The product page stays useful when the pool is busy: similar products are then omitted
     // with a note instead of failing the whole page.
@@ -277,7 +282,10 @@ mod tests {
         let err = StoreError::not_found("<script>alert(1)</script> & \"quotes\"");
         let page = render_error(&err);
         assert!(!page.contains("<script>alert"), "{page}");
-        assert!(page.contains("&lt;script&gt;alert(1)&lt;&#x2f;script&gt;"), "{page}");
+        assert!(
+            page.contains("&lt;script&gt;alert(1)&lt;&#x2f;script&gt;"),
+            "{page}"
+        );
     }
 
     #[test]

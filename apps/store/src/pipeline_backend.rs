@@ -50,7 +50,10 @@ impl PipelineBackend {
             photos.sort_unstable();
         }
         let meta = engine.embedder().meta();
-        let model = format!("{} ({}, {} pooling)", meta.model, meta.preprocess, meta.pooling);
+        let model = format!(
+            "{} ({}, {} pooling)",
+            meta.model, meta.preprocess, meta.pooling
+        );
         PipelineBackend {
             engine,
             photos,
@@ -197,7 +200,9 @@ impl Backend for PipelineBackend {
             categories.insert(category.clone());
         }
         let metric = match &query.metric {
-            Some(name) => Some(Metric::from_str(name).map_err(|e| BackendError::BadQuery(e.to_string()))?),
+            Some(name) => {
+                Some(Metric::from_str(name).map_err(|e| BackendError::BadQuery(e.to_string()))?)
+            }
             None => None,
         };
         let bbox = query.bbox.map(|b| {
@@ -281,7 +286,8 @@ pub fn load_backend(
     readiness.set_phase(format!("loading model {}", config.embedder.model));
     let embedder = wtb_embed::Embedder::load(&config.embedder)
         .with_context(|| format!("loading model {}", config.embedder.model))?;
-    let mut options = wtb_pipeline::BuildOptions::new(&config.labels, &config.photos, &config.index);
+    let mut options =
+        wtb_pipeline::BuildOptions::new(&config.labels, &config.photos, &config.index);
     options.categories = config.categories.clone();
     options.exclusions = config.exclusions.clone();
     options.batch_size = config.batch_size;
@@ -325,7 +331,8 @@ pub fn load_backend(
         .with_limits(limits);
     let catalog = match &config.products {
         Some(path) => Some(
-            Catalog::load(path).map_err(|problems| anyhow::anyhow!("{problems}"))
+            Catalog::load(path)
+                .map_err(|problems| anyhow::anyhow!("{problems}"))
                 .with_context(|| format!("reading product metadata {}", path.display()))?,
         ),
         None => None,

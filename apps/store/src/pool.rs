@@ -174,7 +174,13 @@ mod tests {
         started.recv_timeout(Duration::from_secs(10)).unwrap();
         let waiting = pool.submit(|| 2).unwrap();
         let refused = pool.submit(|| 3);
-        assert!(matches!(refused, Err(PoolError::Busy { workers: 1, queued: 1 })));
+        assert!(matches!(
+            refused,
+            Err(PoolError::Busy {
+                workers: 1,
+                queued: 1
+            })
+        ));
         assert_eq!(pool.in_flight(), 2);
         release.send(()).unwrap();
         assert_eq!(block_on(running), Ok(1));

@@ -116,7 +116,9 @@ impl AppState {
     /// Validates a query, then runs it on the worker pool.
     pub(crate) async fn search(&self, query: SearchQuery) -> Result<SearchOutcome, StoreError> {
         if query.image.is_empty() {
-            return Err(StoreError::bad_request("the image field is missing or empty"));
+            return Err(StoreError::bad_request(
+                "the image field is missing or empty",
+            ));
         }
         if sniff_image_type(&query.image).is_none() {
             return Err(StoreError::new(
@@ -240,7 +242,9 @@ pub fn start(options: StoreOptions, readiness: Arc<Readiness>) -> std::io::Resul
             let _ = thread.join();
             Err(e)
         }
-        Err(_) => Err(std::io::Error::other("the server thread stopped while starting")),
+        Err(_) => Err(std::io::Error::other(
+            "the server thread stopped while starting",
+        )),
     }
 }
 
@@ -264,7 +268,10 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             "model": backend.model(),
         })),
         None => HttpResponse::ServiceUnavailable()
-            .insert_header((header::RETRY_AFTER, crate::error::RETRY_AFTER_SECONDS.to_string()))
+            .insert_header((
+                header::RETRY_AFTER,
+                crate::error::RETRY_AFTER_SECONDS.to_string(),
+            ))
             .json(serde_json::json!({ "status": "starting", "detail": state.readiness.phase() })),
     }
 }
@@ -306,7 +313,10 @@ async fn observe(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     let seconds = started.elapsed().as_secs_f64();
     let route = response
@@ -315,7 +325,9 @@ async fn observe(
         .unwrap_or_else(|| "(unmatched)".to_string());
     let status = response.status().as_u16();
     if let Some(state) = state {
-        state.metrics.record_request(&method, &route, status, seconds);
+        state
+            .metrics
+            .record_request(&method, &route, status, seconds);
     }
     tracing::info!(
         method = %method,

@@ -57,7 +57,8 @@ pub async fn read_search_form(
     let mut form = SearchForm::default();
     let mut fields = 0usize;
     while let Some(field) = multipart.next().await {
-        let mut field = field.map_err(|e| StoreError::bad_request(format!("bad multipart body: {e}")))?;
+        let mut field =
+            field.map_err(|e| StoreError::bad_request(format!("bad multipart body: {e}")))?;
         fields += 1;
         if fields > MAX_FIELDS {
             return Err(StoreError::bad_request(format!(
@@ -109,10 +110,15 @@ fn too_long(name: &str, limits: &Limits) -> StoreError {
         StoreError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
-            format!("the image is larger than the {} byte limit", limits.max_upload_bytes),
+            format!(
+                "the image is larger than the {} byte limit",
+                limits.max_upload_bytes
+            ),
         )
     } else {
-        StoreError::bad_request(format!("field {name:?} is longer than {MAX_TEXT_FIELD_BYTES} bytes"))
+        StoreError::bad_request(format!(
+            "field {name:?} is longer than {MAX_TEXT_FIELD_BYTES} bytes"
+        ))
     }
 }
 
@@ -164,7 +170,9 @@ pub fn parse_bbox(s: &str) -> Result<Option<CropBox>, StoreError> {
             .split(',')
             .map(|p| p.trim().parse::<f64>())
             .map(|v| match v {
-                Ok(v) if v.is_finite() && v >= 0.0 && v <= f64::from(u32::MAX) => Ok(v.round() as u32),
+                Ok(v) if v.is_finite() && v >= 0.0 && v <= f64::from(u32::MAX) => {
+                    Ok(v.round() as u32)
+                }
                 _ => Err(bad()),
             })
             .collect::<Result<_, _>>()?;
@@ -227,7 +235,15 @@ mod tests {
 
     #[test]
     fn bad_boxes_are_client_errors() {
-        for bad in ["1,2,3", "a,b,c,d", "-1,0,5,5", "0,0,0,5", "1,2,3,4,5", "{\"left\":1}", "nan,0,1,1"] {
+        for bad in [
+            "1,2,3",
+            "a,b,c,d",
+            "-1,0,5,5",
+            "0,0,0,5",
+            "1,2,3,4,5",
+            "{\"left\":1}",
+            "nan,0,1,1",
+        ] {
             let err = parse_bbox(bad).unwrap_err();
             assert_eq!(err.status, StatusCode::BAD_REQUEST, "{bad}");
         }
@@ -245,9 +261,18 @@ mod tests {
 
     #[test]
     fn image_types_come_from_magic_bytes() {
-        assert_eq!(sniff_image_type(&[0xFF, 0xD8, 0xFF, 0xE0]), Some("image/jpeg"));
-        assert_eq!(sniff_image_type(b"\x89PNG\r\n\x1a\n...."), Some("image/png"));
-        assert_eq!(sniff_image_type(b"RIFF\0\0\0\0WEBPVP8 "), Some("image/webp"));
+        assert_eq!(
+            sniff_image_type(&[0xFF, 0xD8, 0xFF, 0xE0]),
+            Some("image/jpeg")
+        );
+        assert_eq!(
+            sniff_image_type(b"\x89PNG\r\n\x1a\n...."),
+            Some("image/png")
+        );
+        assert_eq!(
+            sniff_image_type(b"RIFF\0\0\0\0WEBPVP8 "),
+            Some("image/webp")
+        );
         assert_eq!(sniff_image_type(b"GIF89a"), Some("image/gif"));
         assert_eq!(sniff_image_type(b"<html><body>hi</body></html>"), None);
         assert_eq!(sniff_image_type(b""), None);

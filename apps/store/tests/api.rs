@@ -44,7 +44,10 @@ fn street_photos_with_their_box_find_their_product_in_the_top_12() {
             let bbox = pair.bbox.expect("pairs have boxes").field();
             let answer = search(
                 store,
-                &[("image", &photo_bytes(&store.data, pair.photo)), ("bbox", bbox.as_bytes())],
+                &[
+                    ("image", &photo_bytes(&store.data, pair.photo)),
+                    ("bbox", bbox.as_bytes()),
+                ],
             );
             assert_eq!(answer.status, 200, "{}", answer.text());
             let products = products_of(&answer.json());
@@ -83,7 +86,10 @@ fn category_filter_and_k_are_honoured() {
     let Some(store) = store() else { return };
     let pair = records(&store.data, "test_pairs", "belts")[0].clone();
     let image = photo_bytes(&store.data, pair.photo);
-    let answer = search(store, &[("image", &image), ("category", b"hats"), ("k", b"5")]);
+    let answer = search(
+        store,
+        &[("image", &image), ("category", b"hats"), ("k", b"5")],
+    );
     assert_eq!(answer.status, 200, "{}", answer.text());
     let json = answer.json();
     let products = products_of(&json);
@@ -111,7 +117,11 @@ fn decompression_bomb() -> Vec<u8> {
         for &b in bytes {
             crc ^= u32::from(b);
             for _ in 0..8 {
-                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
             }
         }
         !crc
@@ -130,7 +140,11 @@ fn decompression_bomb() -> Vec<u8> {
     header.extend_from_slice(&[8, 2, 0, 0, 0]);
     chunk(&mut png, b"IHDR", &header);
     // A zlib stream of a few zero bytes: a real bomb would inflate to gigabytes.
-    chunk(&mut png, b"IDAT", &[0x78, 0x9c, 0x63, 0x00, 0x00, 0x00, 0x01, 0x00, 0x01]);
+    chunk(
+        &mut png,
+        b"IDAT",
+        &[0x78, 0x9c, 0x63, 0x00, 0x00, 0x00, 0x01, 0x00, 0x01],
+    );
     chunk(&mut png, b"IEND", &[]);
     png
 }
@@ -138,25 +152,56 @@ fn decompression_bomb() -> Vec<u8> {
 #[test]
 fn bad_inputs_are_4xx_with_a_message_and_the_server_stays_up() {
     let Some(store) = store() else { return };
-    let photo = photo_bytes(&store.data, records(&store.data, "retrieval", "bags")[0].photo);
+    let photo = photo_bytes(
+        &store.data,
+        records(&store.data, "retrieval", "bags")[0].photo,
+    );
     let mut over_cap = vec![0xFF, 0xD8, 0xFF, 0xE0];
     over_cap.resize(10 * 1024 * 1024 + 1024, 0);
     let (content_type, full) = common::multipart(&[("image", &photo)]);
     let truncated = &full[..full.len() / 2];
     let cases: Vec<(&str, common::Answer, u16)> = vec![
-        ("not an image", search(store, &[("image", b"<html>hello</html>")]), 415),
-        ("truncated jpeg", search(store, &[("image", &photo[..200])]), 422),
+        (
+            "not an image",
+            search(store, &[("image", b"<html>hello</html>")]),
+            415,
+        ),
+        (
+            "truncated jpeg",
+            search(store, &[("image", &photo[..200])]),
+            422,
+        ),
         ("no image field", search(store, &[("k", b"3")]), 400),
-        ("over the size cap", search(store, &[("image", &over_cap)]), 413),
-        ("decompression bomb", search(store, &[("image", &decompression_bomb())]), 413),
+        (
+            "over the size cap",
+            search(store, &[("image", &over_cap)]),
+            413,
+        ),
+        (
+            "decompression bomb",
+            search(store, &[("image", &decompression_bomb())]),
+            413,
+        ),
         (
             "box outside the image",
             search(store, &[("image", &photo), ("bbox", b"5000,5000,10,10")]),
             400,
         ),
-        ("malformed box", search(store, &[("image", &photo), ("bbox", b"1,2,three")]), 400),
-        ("k = 0", search(store, &[("image", &photo), ("k", b"0")]), 400),
-        ("k = 10000", search(store, &[("image", &photo), ("k", b"10000")]), 400),
+        (
+            "malformed box",
+            search(store, &[("image", &photo), ("bbox", b"1,2,three")]),
+            400,
+        ),
+        (
+            "k = 0",
+            search(store, &[("image", &photo), ("k", b"0")]),
+            400,
+        ),
+        (
+            "k = 10000",
+            search(store, &[("image", &photo), ("k", b"10000")]),
+            400,
+        ),
         (
             "unknown category",
             search(store, &[("image", &photo), ("category", b"socks")]),
@@ -177,18 +222,44 @@ fn bad_inputs_are_4xx_with_a_message_and_the_server_stays_up() {
             common::post(&store.url("/api/v1/search"), "application/json", b"{}"),
             400,
         ),
-        ("unknown product", get(&store.url("/api/v1/products/bags/999999999")), 404),
-        ("unknown category product", get(&store.url("/api/v1/products/socks/1")), 404),
-        ("non-numeric product", get(&store.url("/api/v1/products/bags/abc")), 404),
-        ("unknown similar", get(&store.url("/api/v1/products/bags/999999999/similar")), 404),
+        (
+            "unknown product",
+            get(&store.url("/api/v1/products/bags/999999999")),
+            404,
+        ),
+        (
+            "unknown category product",
+            get(&store.url("/api/v1/products/socks/1")),
+            404,
+        ),
+        (
+            "non-numeric product",
+            get(&store.url("/api/v1/products/bags/abc")),
+            404,
+        ),
+        (
+            "unknown similar",
+            get(&store.url("/api/v1/products/bags/999999999/similar")),
+            404,
+        ),
         ("unknown route", get(&store.url("/api/v1/nothing")), 404),
     ];
     for (what, answer, status) in cases {
         assert_eq!(answer.status, status, "{what}: {}", answer.text());
-        assert_eq!(answer.header("content-type"), Some("application/json"), "{what}");
+        assert_eq!(
+            answer.header("content-type"),
+            Some("application/json"),
+            "{what}"
+        );
         let json = answer.json();
-        assert!(json["error"].as_str().is_some_and(|e| !e.is_empty()), "{what}: {json}");
-        assert!(json["detail"].as_str().is_some_and(|d| !d.is_empty()), "{what}: {json}");
+        assert!(
+            json["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{what}: {json}"
+        );
+        assert!(
+            json["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{what}: {json}"
+        );
         assert_eq!(get(&store.url("/healthz")).status, 200, "down after {what}");
     }
     // And it still answers searches.
@@ -233,7 +304,10 @@ fn product_and_similar_endpoints() {
     assert_eq!(product.status, 200, "{}", product.text());
     let json = product.json();
     assert_eq!(json["product"], record.product);
-    assert!(json["photos"].as_array().unwrap().contains(&record.photo.into()));
+    assert!(json["photos"]
+        .as_array()
+        .unwrap()
+        .contains(&record.photo.into()));
     assert!(!json["name"].as_str().unwrap().is_empty());
 
     let similar = get(&store.url(&format!(
@@ -264,7 +338,10 @@ fn health_readiness_metrics_and_openapi() {
     let ready = get(&store.url("/readyz"));
     assert_eq!(ready.status, 200);
     assert_eq!(ready.json()["status"], "ready");
-    let photo = photo_bytes(&store.data, records(&store.data, "retrieval", "hats")[0].photo);
+    let photo = photo_bytes(
+        &store.data,
+        records(&store.data, "retrieval", "hats")[0].photo,
+    );
     assert_eq!(search(store, &[("image", &photo)]).status, 200);
     let metrics = get(&store.url("/metrics")).text();
     for needle in [
@@ -273,7 +350,10 @@ fn health_readiness_metrics_and_openapi() {
         "wtb_inference_duration_seconds_count",
         "wtb_queue_depth",
     ] {
-        assert!(metrics.contains(needle), "{needle} missing from:\n{metrics}");
+        assert!(
+            metrics.contains(needle),
+            "{needle} missing from:\n{metrics}"
+        );
     }
     let openapi = get(&store.url("/api/v1/openapi.json")).json();
     assert_eq!(openapi["openapi"], "3.0.3");
@@ -289,7 +369,10 @@ fn security_headers_and_photos_by_id_only() {
     let csp = home.header("content-security-policy").unwrap();
     assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"));
     let html = home.text();
-    assert!(!html.contains("http://") && !html.contains("https://"), "external asset in {html}");
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "external asset in {html}"
+    );
     for path in [
         "/photos/..%2F..%2Fetc%2Fpasswd",
         "/photos/1",
@@ -311,8 +394,11 @@ fn pages_render_results_products_and_catalogue() {
     let pair = records(&store.data, "test_pairs", "eyewear")[0].clone();
     let bbox = pair.bbox.unwrap().field();
     let image = photo_bytes(&store.data, pair.photo);
-    let (content_type, body) =
-        common::multipart(&[("image", &image), ("bbox", bbox.as_bytes()), ("category", b"")]);
+    let (content_type, body) = common::multipart(&[
+        ("image", &image),
+        ("bbox", bbox.as_bytes()),
+        ("category", b""),
+    ]);
     let results = common::post(&store.url("/search"), &content_type, &body);
     assert_eq!(results.status, 200, "{}", results.text());
     let html = results.text();
@@ -334,7 +420,10 @@ fn pages_render_results_products_and_catalogue() {
 
     let missing = get(&store.url("/products/bags/999999999"));
     assert_eq!(missing.status, 404);
-    assert!(missing.header("content-type").unwrap().starts_with("text/html"));
+    assert!(missing
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/html"));
     assert!(missing.text().contains("We could not find that"));
     let bad = common::post(&store.url("/search"), "text/plain", b"hello");
     assert_eq!(bad.status, 400);

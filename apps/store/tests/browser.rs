@@ -47,7 +47,10 @@ impl Browser {
             _profile: tempfile::tempdir().map_err(|e| e.to_string())?,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while ureq::get(&format!("{}/status", browser.base)).call().is_err() {
+        while ureq::get(&format!("{}/status", browser.base))
+            .call()
+            .is_err()
+        {
             if Instant::now() > deadline {
                 return Err("chromedriver did not start".into());
             }
@@ -85,7 +88,10 @@ impl Browser {
         let response = match result {
             Ok(r) => r,
             Err(ureq::Error::Status(code, r)) => {
-                return Err(format!("{method} {path}: {code} {}", r.into_string().unwrap_or_default()))
+                return Err(format!(
+                    "{method} {path}: {code} {}",
+                    r.into_string().unwrap_or_default()
+                ))
             }
             Err(e) => return Err(format!("{method} {path}: {e}")),
         };
@@ -108,7 +114,10 @@ impl Browser {
             "/element",
             Some(json!({ "using": "css selector", "value": css })),
         );
-        value[ELEMENT].as_str().unwrap_or_else(|| panic!("no element {css}")).to_string()
+        value[ELEMENT]
+            .as_str()
+            .unwrap_or_else(|| panic!("no element {css}"))
+            .to_string()
     }
 
     fn count(&self, css: &str) -> usize {
@@ -122,7 +131,11 @@ impl Browser {
     }
 
     fn script(&self, source: &str) -> Value {
-        self.session_call("POST", "/execute/sync", Some(json!({ "script": source, "args": [] })))
+        self.session_call(
+            "POST",
+            "/execute/sync",
+            Some(json!({ "script": source, "args": [] })),
+        )
     }
 
     fn wait_until(&self, what: &str, mut check: impl FnMut(&Browser) -> bool) {
@@ -173,7 +186,9 @@ fn upload_draw_a_box_see_results_and_open_a_product() {
 
     // A street photo with its box, so the box we draw is meaningful.
     let pair = common::records(&store.data, "test_pairs", "bags")[0].clone();
-    let photo_file = store.data.join(format!("photos_resized/{}.jpg", pair.photo));
+    let photo_file = store
+        .data
+        .join(format!("photos_resized/{}.jpg", pair.photo));
 
     browser.goto(&store.url("/"));
     let input = browser.find("#image-input");
@@ -183,8 +198,9 @@ fn upload_draw_a_box_see_results_and_open_a_product() {
         Some(json!({ "text": photo_file.display().to_string() })),
     );
     browser.wait_until("the preview", |b| {
-        b.script("var p = document.getElementById('preview'); return p.complete && p.naturalWidth > 0;")
-            == json!(true)
+        b.script(
+            "var p = document.getElementById('preview'); return p.complete && p.naturalWidth > 0;",
+        ) == json!(true)
     });
 
     // Drag from the box's top-left corner to its bottom-right corner, in displayed pixels.
@@ -196,7 +212,12 @@ fn upload_draw_a_box_see_results_and_open_a_product() {
     let bbox = pair.bbox.unwrap();
     let (sx, sy) = (shown_w / natural_w, shown_h / natural_h);
     // Pointer offsets are relative to the element's centre.
-    let at = |x: f64, y: f64| ((x * sx - shown_w / 2.0) as i64, (y * sy - shown_h / 2.0) as i64);
+    let at = |x: f64, y: f64| {
+        (
+            (x * sx - shown_w / 2.0) as i64,
+            (y * sy - shown_h / 2.0) as i64,
+        )
+    };
     let (x0, y0) = at(bbox.left + 2.0, bbox.top + 2.0);
     let (x1, y1) = at(bbox.left + bbox.width - 2.0, bbox.top + bbox.height - 2.0);
     let preview = browser.find("#preview");
@@ -231,9 +252,15 @@ fn upload_draw_a_box_see_results_and_open_a_product() {
         bbox.width - 4.0,
         bbox.height - 4.0,
     ]) {
-        assert!((got - want).abs() <= tolerance, "box {sent:?} vs label {bbox:?}");
+        assert!(
+            (got - want).abs() <= tolerance,
+            "box {sent:?} vs label {bbox:?}"
+        );
     }
-    assert_eq!(browser.script("return document.getElementById('box').hidden;"), json!(false));
+    assert_eq!(
+        browser.script("return document.getElementById('box').hidden;"),
+        json!(false)
+    );
     browser.screenshot(&shots.join("home.png"));
 
     let button = browser.find("#search-button");

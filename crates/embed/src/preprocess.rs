@@ -1,9 +1,6 @@
-//! Image to input tensor: resizing (antialiased bilinear, as PIL and torchvision do), cropping
-//! or letterboxing, and ImageNet normalisation into CHW floats.
+//! Image to input tensor: resizing (antialiased bilinear, bit-exact with Pillow, which torchvision
+//! uses), cropping or letterboxing, and ImageNet normalisation into CHW floats.
 
-use fast_image_resize::images::{TypedImage, TypedImageRef};
-use fast_image_resize::pixels::U8x3;
-use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
 use image::{Rgb, RgbImage};
 
 use crate::{ModelKind, Preprocess};
@@ -71,22 +68,106 @@ pub fn preprocess_image(
     Ok(normalize(&square))
 }
 
+/// Bilinear resize with antialiasing, bit-exact with Pillow's `Image.resize(..., BILINEAR)`
+/// (which torchvision's `Resize` calls on PIL images): a separable triangle filter widened by
+/// the scale when shrinking, 22-bit fixed-point weights, horizontal pass first, each pass
+/// rounded to 8 bits.
 fn resize(image: &RgbImage, width: u32, height: u32) -> Result<RgbImage, String> {
-    if image.dimensions() == (width, height) {
+    let (in_w, in_h) = image.dimensions();
+    if width == 0 || height == 0 {
+        return Err(format!("resize to {width}x{height}"));
+    }
+    if (in_w, in_h) == (width, height) {
         return Ok(image.clone());
     }
-    let mut resized = RgbImage::new(width, height);
-    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
-    // The typed call instantiates the resizer for RGB8 only, not for every pixel type.
-    let (src_w, src_h) = image.dimensions();
-    let src = TypedImageRef::<U8x3>::from_buffer(src_w, src_h, image.as_raw())
-        .map_err(|e| format!("resize source: {e}"))?;
-    let mut dst =
-        TypedImage::<U8x3>::from_buffer(width, height, &mut resized).map_err(|e| format!("resize target: {e}"))?;
-    Resizer::new()
-        .resize_typed(&src, &mut dst, &options)
-        .map_err(|e| format!("resize to {width}x{height}: {e}"))?;
-    Ok(resized)
+    let horizontal = Filter::new(in_w as usize, width as usize);
+    let vertical = Filter::new(in_h as usize, height as usize);
+    // Horizontal pass over the rows the vertical pass reads, as Pillow does.
+    let first_row = vertical.bounds.first().map_or(0, |b| b.0);
+    let last_row = vertical.bounds.last().map_or(0, |b| b.0 + b.1);
+    let src = image.as_raw();
+    let (in_w, width, height) = (in_w as usize, width as usize, height as usize);
+    let mut rows = vec![0u8; (last_row - first_row) * width * 3];
+    for (y, row) in (first_row..last_row).zip(rows.chunks_exact_mut(width * 3)) {
+        let line = &src[y * in_w * 3..(y + 1) * in_w * 3];
+        for (x, out) in row.chunks_exact_mut(3).enumerate() {
+            let (start, weights) = horizontal.weights(x);
+            for (c, value) in out.iter_mut().enumerate() {
+                let sum = weights.iter().enumerate().fold(ROUNDING, |acc, (k, w)| {
+                    acc + line[(start + k) * 3 + c] as i64 * w
+                });
+                *value = clip8(sum);
+            }
+        }
+    }
+    let mut out = vec![0u8; width * height * 3];
+    for (y, row) in out.chunks_exact_mut(width * 3).enumerate() {
+        let (start, weights) = vertical.weights(y);
+        let start = start - first_row;
+        for (i, value) in row.iter_mut().enumerate() {
+            let sum = weights.iter().enumerate().fold(ROUNDING, |acc, (k, w)| {
+                acc + rows[(start + k) * width * 3 + i] as i64 * w
+            });
+            *value = clip8(sum);
+        }
+    }
+    RgbImage::from_raw(width as u32, height as u32, out)
+        .ok_or_else(|| "resize buffer size".to_string())
+}
+
+/// Pillow's fixed-point precision for 8-bit resampling.
+const PRECISION_BITS: u32 = 32 - 8 - 2;
+const ROUNDING: i64 = 1 << (PRECISION_BITS - 1);
+
+fn clip8(sum: i64) -> u8 {
+    (sum >> PRECISION_BITS).clamp(0, 255) as u8
+}
+
+/// The per-output-pixel source window and fixed-point weights of one resampling axis.
+struct Filter {
+    bounds: Vec<(usize, usize)>,
+    weights: Vec<i64>,
+    size: usize,
+}
+
+impl Filter {
+    fn new(in_size: usize, out_size: usize) -> Self {
+        let scale = in_size as f64 / out_size as f64;
+        let filter_scale = scale.max(1.0);
+        let support = filter_scale; // the triangle filter's support is 1
+        let size = support.ceil() as usize * 2 + 1;
+        let mut bounds = Vec::with_capacity(out_size);
+        let mut weights = vec![0i64; out_size * size];
+        for (xx, kk) in weights.chunks_exact_mut(size).enumerate() {
+            let center = (xx as f64 + 0.5) * scale;
+            let ss = 1.0 / filter_scale;
+            let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+            let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize - xmin;
+            let k: Vec<f64> = (0..xmax)
+                .map(|x| {
+                    let t = ((x + xmin) as f64 - center + 0.5) * ss;
+                    (1.0 - t.abs()).max(0.0)
+                })
+                .collect();
+            let total: f64 = k.iter().sum();
+            for (slot, w) in kk.iter_mut().zip(&k) {
+                let w = if total != 0.0 { w / total } else { *w };
+                let rounding = if w < 0.0 { -0.5 } else { 0.5 };
+                *slot = (w * (1i64 << PRECISION_BITS) as f64 + rounding) as i64;
+            }
+            bounds.push((xmin, xmax));
+        }
+        Filter {
+            bounds,
+            weights,
+            size,
+        }
+    }
+
+    fn weights(&self, out: usize) -> (usize, &[i64]) {
+        let (start, len) = self.bounds[out];
+        (start, &self.weights[out * self.size..out * self.size + len])
+    }
 }
 
 fn normalize(image: &RgbImage) -> Vec<f32> {
@@ -156,6 +237,38 @@ mod tests {
         // Red plane, row 0 is padding; the middle row is image.
         assert!((out[0] - white).abs() < 1e-5);
         assert!((out[112 * 224 + 112] - black).abs() < 1e-5);
+    }
+
+    /// Pillow 11 `Image.resize(size, Image.BILINEAR)` of the same pattern.
+    #[test]
+    fn resize_is_bit_exact_with_pillow() {
+        let pattern = |w: u32, h: u32| {
+            RgbImage::from_fn(w, h, |x, y| {
+                Rgb([
+                    ((x * 37 + y * 11) % 256) as u8,
+                    ((x * 5 + y * 53) % 256) as u8,
+                    ((x * y * 7) % 256) as u8,
+                ])
+            })
+        };
+        let up: [u8; 84] = [
+            0, 0, 0, 21, 3, 0, 48, 6, 0, 74, 10, 0, 100, 14, 0, 127, 17, 0, 148, 20, 0, 7, 33, 0,
+            28, 36, 3, 55, 39, 6, 81, 43, 9, 107, 47, 12, 134, 50, 15, 155, 53, 18, 15, 73, 0, 36,
+            76, 6, 63, 79, 12, 89, 83, 19, 115, 87, 26, 142, 90, 33, 163, 93, 39, 22, 106, 0, 43,
+            109, 8, 70, 112, 18, 96, 116, 28, 122, 120, 38, 149, 123, 48, 170, 126, 56,
+        ];
+        let down: [u8; 36] = [
+            62, 52, 9, 156, 67, 26, 89, 83, 45, 144, 98, 63, 86, 151, 30, 169, 166, 92, 102, 166,
+            147, 168, 139, 158, 110, 78, 51, 165, 93, 153, 98, 95, 139, 192, 72, 135,
+        ];
+        assert_eq!(
+            resize(&pattern(5, 3), 7, 4).unwrap().as_raw().as_slice(),
+            &up
+        );
+        assert_eq!(
+            resize(&pattern(13, 7), 4, 3).unwrap().as_raw().as_slice(),
+            &down
+        );
     }
 
     #[test]

@@ -37,7 +37,11 @@ pub struct BuildOptions {
 impl BuildOptions {
     /// Defaults for these folders and index file: every category, no exclusions, batches of
     /// 32, a checkpoint every 512 photos beside the index, f32 storage.
-    pub fn new(labels: impl Into<PathBuf>, photos: impl Into<PathBuf>, index: impl Into<PathBuf>) -> Self {
+    pub fn new(
+        labels: impl Into<PathBuf>,
+        photos: impl Into<PathBuf>,
+        index: impl Into<PathBuf>,
+    ) -> Self {
         BuildOptions {
             labels: labels.into(),
             photos: photos.into(),
@@ -98,10 +102,12 @@ pub fn build_index(
     })?;
     let categories = parse_categories(&options.categories)?;
     let exclusions = match &options.exclusions {
-        Some(path) => Some(Exclusions::load(path).map_err(|e| PipelineError::Exclusions {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?),
+        Some(path) => Some(
+            Exclusions::load(path).map_err(|e| PipelineError::Exclusions {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?,
+        ),
         None => None,
     };
     let gallery = labels.gallery(categories.as_ref(), exclusions.as_ref());
@@ -112,7 +118,9 @@ pub fn build_index(
     let mut photos: BTreeMap<PhotoId, ProductKey> = BTreeMap::new();
     for item in gallery.items {
         if photos.contains_key(&item.photo) {
-            report.shared_photos.push((item.photo.0, item.product.to_string()));
+            report
+                .shared_photos
+                .push((item.photo.0, item.product.to_string()));
         } else {
             photos.insert(item.photo, item.product);
         }
@@ -137,7 +145,9 @@ pub fn build_index(
     let mut kept_vectors = Vec::with_capacity(vectors.len());
     let mut seen = BTreeSet::new();
     for (id, vector) in ids.iter().zip(vectors.chunks_exact(dim)) {
-        let known = id.parse::<u64>().is_ok_and(|photo| photos.contains_key(&PhotoId(photo)));
+        let known = id
+            .parse::<u64>()
+            .is_ok_and(|photo| photos.contains_key(&PhotoId(photo)));
         if known && seen.insert(id.clone()) {
             kept_ids.push(id.clone());
             kept_vectors.extend_from_slice(vector);
@@ -258,6 +268,9 @@ mod tests {
     #[test]
     fn the_checkpoint_sits_beside_the_index() {
         let options = BuildOptions::new("l", "p", "out/shop.idx");
-        assert_eq!(options.checkpoint_path(), PathBuf::from("out/shop.idx.partial"));
+        assert_eq!(
+            options.checkpoint_path(),
+            PathBuf::from("out/shop.idx.partial")
+        );
     }
 }

@@ -64,7 +64,9 @@ pub enum PipelineError {
     },
     /// The product's vectors were not stored with the index (built by another tool), so
     /// item-to-item search is not available for it.
-    #[error("no stored vectors for product {category}/{product}; rebuild the index with wtb-pipeline")]
+    #[error(
+        "no stored vectors for product {category}/{product}; rebuild the index with wtb-pipeline"
+    )]
     NoStoredVectors {
         /// Its category.
         category: String,

@@ -97,10 +97,12 @@ impl QueryEngine {
             })
             .collect();
         if !differences.is_empty() {
-            return Err(PipelineError::Search(wtb_search::SearchError::MetadataMismatch {
-                path: "<index>".into(),
-                differences: differences.join("; "),
-            }));
+            return Err(PipelineError::Search(
+                wtb_search::SearchError::MetadataMismatch {
+                    path: "<index>".into(),
+                    differences: differences.join("; "),
+                },
+            ));
         }
         Ok(QueryEngine {
             embedder,
@@ -256,7 +258,11 @@ impl QueryEngine {
         }
         best.sort_by(|a, b| {
             let order = a.score.total_cmp(&b.score);
-            let order = if metric.higher_is_better() { order.reverse() } else { order };
+            let order = if metric.higher_is_better() {
+                order.reverse()
+            } else {
+                order
+            };
             order
                 .then_with(|| a.category.cmp(&b.category))
                 .then_with(|| a.product.cmp(&b.product))

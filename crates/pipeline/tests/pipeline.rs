@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use wtb_dataset::BBox;
 use wtb_embed::{Embedder, EmbedderConfig, ModelKind, Pooling};
-use wtb_pipeline::{build_index, vectors_path, BuildOptions, PhotoQuery, PipelineError, QueryEngine};
+use wtb_pipeline::{
+    build_index, vectors_path, BuildOptions, PhotoQuery, PipelineError, QueryEngine,
+};
 use wtb_search::VectorSearch;
 
 /// A catalogue of `n` products with one distinct photo each (bags), plus `extra` label records
@@ -32,7 +34,11 @@ fn catalogue(dir: &Path, n: u64) -> (PathBuf, PathBuf) {
     records.push(r#"{"photo": 900, "product": 1}"#.to_string());
     records.push(r#"{"photo": 901, "product": 2}"#.to_string());
     std::fs::write(photos.join("901.jpg"), b"not a jpeg").unwrap();
-    std::fs::write(labels.join("retrieval_bags.json"), format!("[{}]", records.join(","))).unwrap();
+    std::fs::write(
+        labels.join("retrieval_bags.json"),
+        format!("[{}]", records.join(",")),
+    )
+    .unwrap();
     (labels, photos)
 }
 
@@ -58,7 +64,10 @@ fn an_interrupted_build_resumes_and_equals_a_fresh_one() {
         })
     }));
     assert!(interrupted.is_err());
-    assert!(options.checkpoint_path().exists(), "no checkpoint left behind");
+    assert!(
+        options.checkpoint_path().exists(),
+        "no checkpoint left behind"
+    );
     assert!(!options.index.exists());
 
     let report = build_index(&embedder, &options, &|_, _| {}).unwrap();
@@ -68,7 +77,10 @@ fn an_interrupted_build_resumes_and_equals_a_fresh_one() {
     let mut skipped: Vec<u64> = report.skipped.iter().map(|(p, _)| *p).collect();
     skipped.sort();
     assert_eq!(skipped, vec![900, 901]);
-    assert!(!options.checkpoint_path().exists(), "checkpoint not removed");
+    assert!(
+        !options.checkpoint_path().exists(),
+        "checkpoint not removed"
+    );
 
     let mut fresh = options.clone();
     fresh.index = dir.path().join("fresh.idx");
@@ -89,7 +101,11 @@ fn an_interrupted_build_resumes_and_equals_a_fresh_one() {
     assert_eq!(a.len(), b.len());
     for ((id_a, va), (id_b, vb)) in a.iter().zip(&b) {
         assert_eq!(id_a, id_b);
-        let diff = va.iter().zip(vb).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        let diff = va
+            .iter()
+            .zip(vb)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
         assert!(diff < 1e-4, "photo {id_a} differs by {diff}");
     }
 }
@@ -120,8 +136,14 @@ fn queries_answer_and_refuse_bad_input_by_kind() {
     assert_eq!(boxed.crop.dimensions(), (20, 30));
 
     let outside = engine.search(&query(Some(BBox::new(500.0, 500.0, 10.0, 10.0)), 3));
-    assert!(matches!(outside, Err(PipelineError::BadBox(_))), "{outside:?}");
-    assert!(matches!(engine.search(&query(None, 0)), Err(PipelineError::BadQuery(_))));
+    assert!(
+        matches!(outside, Err(PipelineError::BadBox(_))),
+        "{outside:?}"
+    );
+    assert!(matches!(
+        engine.search(&query(None, 0)),
+        Err(PipelineError::BadQuery(_))
+    ));
     let not_image = PhotoQuery {
         image: b"hello",
         bbox: None,
@@ -129,7 +151,10 @@ fn queries_answer_and_refuse_bad_input_by_kind() {
         categories: Default::default(),
         metric: None,
     };
-    assert!(matches!(engine.search(&not_image), Err(PipelineError::BadPhoto(_))));
+    assert!(matches!(
+        engine.search(&not_image),
+        Err(PipelineError::BadPhoto(_))
+    ));
 
     let similar = engine.similar("bags", 103, 10, None).unwrap();
     assert_eq!(similar.len(), 4);
@@ -149,7 +174,9 @@ fn an_index_made_with_another_model_is_refused() {
     let mut config = EmbedderConfig::new(ModelKind::MobileNetV2);
     config.pooling = Pooling::Max;
     let other = Embedder::with_synthetic_weights(&config).unwrap();
-    let err = QueryEngine::open(other, &options.index).err().expect("refused");
+    let err = QueryEngine::open(other, &options.index)
+        .err()
+        .expect("refused");
     assert!(err.to_string().contains("pooling"), "{err}");
 }
 
@@ -160,7 +187,10 @@ fn unknown_categories_and_empty_galleries_are_errors() {
     let mut options = BuildOptions::new(&labels, &photos, dir.path().join("shop.idx"));
     options.categories = vec!["socks".into()];
     let err = build_index(&embedder(), &options, &|_, _| {}).unwrap_err();
-    assert!(matches!(err, PipelineError::UnknownCategory(ref c) if c == "socks"), "{err}");
+    assert!(
+        matches!(err, PipelineError::UnknownCategory(ref c) if c == "socks"),
+        "{err}"
+    );
     options.categories = vec!["hats".into()];
     let err = build_index(&embedder(), &options, &|_, _| {}).unwrap_err();
     assert!(matches!(err, PipelineError::EmptyGallery { .. }), "{err}");

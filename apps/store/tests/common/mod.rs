@@ -28,7 +28,10 @@ pub fn s2s_dev() -> Option<PathBuf> {
     let weights = shared_dir().join("models/mobilenet_v2_torchvision_imagenet1k.safetensors");
     for needed in [&dir, &weights] {
         if !needed.exists() {
-            eprintln!("skipping: {} not found (set WTB_SHARED_DIR)", needed.display());
+            eprintln!(
+                "skipping: {} not found (set WTB_SHARED_DIR)",
+                needed.display()
+            );
             return None;
         }
     }
@@ -189,7 +192,9 @@ impl Answer {
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
     }
 }
 
@@ -222,7 +227,11 @@ pub fn get(url: &str) -> Answer {
 }
 
 pub fn post(url: &str, content_type: &str, body: &[u8]) -> Answer {
-    answer(ureq::post(url).set("Content-Type", content_type).send_bytes(body))
+    answer(
+        ureq::post(url)
+            .set("Content-Type", content_type)
+            .send_bytes(body),
+    )
 }
 
 /// `POST /api/v1/search` with these fields.
