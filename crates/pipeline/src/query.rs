@@ -88,7 +88,7 @@ impl QueryEngine {
         let expected = embedder.meta().to_map();
         let differences: Vec<String> = expected
             .iter()
-            .filter(|(key, value)| index.meta().get(*key) != Some(value))
+            .filter(|(key, value)| index.meta().get(*key) != Some(*value))
             .map(|(key, value)| {
                 format!(
                     "{key}: index has {}, model has {value}",

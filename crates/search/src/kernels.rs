@@ -95,6 +95,7 @@ fn l1_body(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[inline(always)]
+#[allow(clippy::eq_op)] // `d - d` is the NaN detector, see below
 fn linf_body(a: &[f32], b: &[f32]) -> f32 {
     // `d - d` is 0 for finite d and NaN otherwise; adding it propagates NaN through the max,
     // which `f32::max` alone would swallow.
