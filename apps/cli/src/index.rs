@@ -264,7 +264,8 @@ fn gallery_photos(args: &GalleryArgs) -> anyhow::Result<BTreeMap<PhotoId, Vec<Pr
     Ok(photos)
 }
 
-/// Embeds `todo` in chunks, adding each chunk to `index` and calling `checkpoint` after it.
+/// Embeds `todo` (the photos of `photos` not indexed yet) in chunks, adding each chunk to
+/// `index` and calling `checkpoint` after it.
 /// Returns the photos skipped with their reasons.
 fn embed_into(
     index: &mut Index,
@@ -273,10 +274,10 @@ fn embed_into(
     photos: &BTreeMap<PhotoId, Vec<ProductKey>>,
     todo: &[PhotoId],
     chunk: usize,
-    already: usize,
     checkpoint: &mut dyn FnMut(&Index) -> anyhow::Result<()>,
 ) -> anyhow::Result<Vec<(String, String)>> {
-    let bar = progress::bar((already + todo.len()) as u64, "indexing");
+    let already = photos.len().saturating_sub(todo.len());
+    let bar = progress::bar(photos.len() as u64, "indexing");
     bar.set_position(already as u64);
     let mut skipped = Vec::new();
     let mut finished = already;
@@ -396,7 +397,6 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         &photos,
         &todo,
         args.checkpoint_every,
-        already,
         &mut |index| save(index, &partial),
     )?;
     index.compact().context("compacting")?;
@@ -449,7 +449,6 @@ fn add(args: AddArgs) -> anyhow::Result<ExitCode> {
         &photos,
         &todo,
         todo.len(),
-        0,
         &mut |_| Ok(()),
     )?;
     save(&index, &args.index)?;

@@ -487,12 +487,13 @@ mod tests {
     #[test]
     fn full_uses_test_pairs_and_all_shop_photos_less_exclusions() {
         let dir = labels();
+        let elsewhere = tempfile::tempdir().unwrap();
         write(
-            dir.path(),
+            elsewhere.path(),
             "exclusions.json",
             r#"{"format":"wtb-exclusions","version":1,"config":null,"excluded":[{"photo":2000,"reason":"placeholder"}]}"#,
         );
-        let exclusions = Exclusions::load(&dir.path().join("exclusions.json")).unwrap();
+        let exclusions = Exclusions::load(&elsewhere.path().join("exclusions.json")).unwrap();
         let p = full(dir.path(), Path::new("photos"), Some(&exclusions)).unwrap();
         let groups = &p.sets[0].groups;
         assert_eq!(

@@ -422,11 +422,25 @@ impl ScanContext<'_> {
         while block_start < end {
             let block_end = (block_start + BLOCK_ROWS).min(end);
             let nb = block_end - block_start;
-            let block = gallery.block_f32(block_start, block_end, &mut converted);
             let scores = &mut scores[..self.n_queries * nb];
-            if use_gemm {
+            let half_rows = gallery
+                .f16_values()
+                .filter(|_| self.metric.uses_dot() && !use_gemm);
+            if let Some(half_rows) = half_rows {
+                // Few queries on f16 storage: read the halves directly (half the memory
+                // traffic of converting the block first).
+                let half_block = &half_rows[block_start * dim..block_end * dim];
+                for (qi, query) in self.queries.chunks_exact(dim).enumerate() {
+                    let out = &mut scores[qi * nb..(qi + 1) * nb];
+                    for (row, score) in half_block.chunks_exact(dim).zip(out.iter_mut()) {
+                        *score = kernels::dot_f16(query, row, &mut converted);
+                    }
+                }
+            } else if use_gemm {
+                let block = gallery.block_f32(block_start, block_end, &mut converted);
                 gemm_dots(self.queries, self.n_queries, block, nb, dim, scores);
             } else {
+                let block = gallery.block_f32(block_start, block_end, &mut converted);
                 for (qi, query) in self.queries.chunks_exact(dim).enumerate() {
                     let out = &mut scores[qi * nb..(qi + 1) * nb];
                     for (row, score) in block.chunks_exact(dim).zip(out.iter_mut()) {

@@ -21,7 +21,7 @@ const CONNECTIVITY: usize = 16;
 /// Candidate list size while inserting.
 const EXPANSION_ADD: usize = 128;
 /// Candidate list size while searching.
-const EXPANSION_SEARCH: usize = 64;
+const EXPANSION_SEARCH: usize = 128;
 
 fn err(context: &str, e: impl std::fmt::Display) -> SearchError {
     SearchError::Approximate(format!("{context}: {e}"))

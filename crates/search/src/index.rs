@@ -31,6 +31,8 @@ use crate::{Filter, Metric, ProductHit, SearchError, SearchMode, SearchRequest, 
 /// one). Below it an exact cosine scan reads at most 50,000 x 1280 x 4 bytes = 256 MB, a few
 /// milliseconds at this machine's memory bandwidth, and is always right.
 pub const APPROXIMATE_MIN_PHOTOS: usize = 50_000;
+/// Fewest HNSW candidates fetched per approximate query (before exact rescoring and dedup).
+const EXPANSION_SEARCH_FLOOR: usize = 128;
 
 /// Version of the file format written by this crate; other versions are refused.
 pub const FORMAT_VERSION: u32 = 1;
@@ -491,7 +493,7 @@ impl Index {
             Some(self.allowed_rows(&request.filter))
         };
         let query_norm = crate::kernels::dot(query, query).sqrt();
-        let mut count = (request.k * 4).max(64);
+        let mut count = (request.k * 4).max(EXPANSION_SEARCH_FLOOR);
         let mut buf = Vec::new();
         loop {
             let keys = graph.search(query, count, |key| {
