@@ -188,7 +188,10 @@ fn golden_input(shape: (usize, usize, usize, usize), seed: u64) -> Tensor {
     Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
 }
 
-const CASES: [(&str, (usize, usize, usize, usize), u64); 3] = [
+/// A golden case: its name, the NCHW input shape and the input's seed.
+type Case = (&'static str, (usize, usize, usize, usize), u64);
+
+const CASES: [Case; 3] = [
     ("case1", (2, 3, 224, 224), 2),
     ("case2", (1, 3, 160, 96), 3),
     ("case3", (1, 3, 99, 75), 4),
