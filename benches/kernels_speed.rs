@@ -139,7 +139,10 @@ fn ort_rate(args: &Args, onnx: &Path, batch: usize, runs: usize) -> Result<f64> 
         .output()
         .with_context(|| format!("running {} {worker}", args.python))?;
     if !out.status.success() {
-        bail!("ORT worker failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "ORT worker failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("ORT worker output")?;
     let mut times: Vec<f64> = v["times"]
@@ -189,7 +192,11 @@ fn resnet50_vb(names_shapes: &Path) -> Result<VarBuilder<'static>> {
             Tensor::ones(shape, DType::F32, &Device::Cpu)?
         } else {
             let fan_in = shape.iter().skip(1).product::<usize>().max(1) as f64;
-            let scale = if shape.len() > 1 { (3.0 / fan_in).sqrt() } else { 0.1 };
+            let scale = if shape.len() > 1 {
+                (3.0 / fan_in).sqrt()
+            } else {
+                0.1
+            };
             let mut state = 0x9e3779b97f4a7c15u64 ^ numel as u64 ^ (tensors.len() as u64) << 32;
             let v: Vec<f32> = (0..numel)
                 .map(|_| {
@@ -219,7 +226,10 @@ fn main() -> Result<()> {
         }
     };
     println!("# wtb-kernels speed");
-    println!("rayon threads (fast plan and stock candle): {threads}; ORT intra_op threads: {}", args.ort_threads);
+    println!(
+        "rayon threads (fast plan and stock candle): {threads}; ORT intra_op threads: {}",
+        args.ort_threads
+    );
     let floor = gemm_floor()?;
     println!("f32 GEMM floor (gemm crate 0.19, 1024^3, {threads} threads): {floor:.1} GFLOP/s\n");
 
@@ -245,7 +255,11 @@ fn main() -> Result<()> {
                 None => None,
             };
             let (ort_s, ort_g, ratio) = match ort {
-                Some(o) => (format!("{o:.1}"), format!("{:.1}", o * gflop), format!("{:.2}x", fast / o)),
+                Some(o) => (
+                    format!("{o:.1}"),
+                    format!("{:.1}", o * gflop),
+                    format!("{:.2}x", fast / o),
+                ),
                 None => ("-".into(), "-".into(), "-".into()),
             };
             println!(
@@ -261,9 +275,24 @@ fn main() -> Result<()> {
     type Builder = fn(VarBuilder<'static>) -> wtb_kernels::Result<Plan>;
     type RefBuilder = fn(VarBuilder<'static>) -> wtb_kernels::Result<Reference>;
     let models: Vec<(&str, VarBuilder<'static>, Builder, RefBuilder)> = vec![
-        ("mobilenet_v2", load_vb(&mnv2_path)?, Plan::mobilenet_v2, Reference::mobilenet_v2),
-        ("efficientnet_lite0", load_vb(&effl0_path)?, Plan::efficientnet_lite0, Reference::efficientnet_lite0),
-        ("resnet50", resnet50_vb(&resnet_names)?, Plan::resnet50, Reference::resnet50),
+        (
+            "mobilenet_v2",
+            load_vb(&mnv2_path)?,
+            Plan::mobilenet_v2,
+            Reference::mobilenet_v2,
+        ),
+        (
+            "efficientnet_lite0",
+            load_vb(&effl0_path)?,
+            Plan::efficientnet_lite0,
+            Reference::efficientnet_lite0,
+        ),
+        (
+            "resnet50",
+            resnet50_vb(&resnet_names)?,
+            Plan::resnet50,
+            Reference::resnet50,
+        ),
     ];
     if !args.skip_stock {
         println!("\n## Fast plan vs stock candle (same weights, same process, median img/s)\n");
@@ -285,7 +314,11 @@ fn main() -> Result<()> {
                     Ok(())
                 })?;
                 let (s, f) = (batch as f64 / stock, batch as f64 / fast);
-                println!("| {name} | {batch} | {s:.1} | {f:.1} | {:.1}x | {:.1} |", f / s, f * g);
+                println!(
+                    "| {name} | {batch} | {s:.1} | {f:.1} | {:.1}x | {:.1} |",
+                    f / s,
+                    f * g
+                );
             }
         }
     }
@@ -299,7 +332,10 @@ fn main() -> Result<()> {
             for batch in [1usize, 32] {
                 let x = input(batch, 224, 224)?;
                 plan.features(&x)?;
-                println!("batch {batch}:\n{}", plan.profile(&x, if batch == 1 { 20 } else { 3 })?);
+                println!(
+                    "batch {batch}:\n{}",
+                    plan.profile(&x, if batch == 1 { 20 } else { 3 })?
+                );
             }
             let x = input(8, 224, 224)?;
             println!("batch 8:\n{}", reference.profile(&x, 1)?);

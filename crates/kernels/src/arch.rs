@@ -158,7 +158,17 @@ pub(crate) fn mobilenet_v2(with_head: bool) -> Arch {
             let mut y = x;
             let mut j = 0;
             if t != 1 {
-                y = b.conv(y, format!("{p}.0.0.weight"), format!("{p}.0.1"), EPS, (c, hidden), (1, 1), false, r6, None);
+                y = b.conv(
+                    y,
+                    format!("{p}.0.0.weight"),
+                    format!("{p}.0.1"),
+                    EPS,
+                    (c, hidden),
+                    (1, 1),
+                    false,
+                    r6,
+                    None,
+                );
                 j = 1;
             }
             y = b.conv(
@@ -188,7 +198,17 @@ pub(crate) fn mobilenet_v2(with_head: bool) -> Arch {
             idx += 1;
         }
     }
-    b.conv(x, "features.18.0.weight".into(), "features.18.1".into(), EPS, (c, 1280), (1, 1), false, r6, None);
+    b.conv(
+        x,
+        "features.18.0.weight".into(),
+        "features.18.1".into(),
+        EPS,
+        (c, 1280),
+        (1, 1),
+        false,
+        r6,
+        None,
+    );
     Arch {
         name: "mobilenet_v2",
         nodes: b.nodes,
@@ -217,7 +237,17 @@ pub(crate) fn efficientnet_lite0(with_head: bool) -> Arch {
     const EPS: f64 = 1e-3;
     let r6 = Activation::Relu6;
     let mut b = Builder::default();
-    let mut x = b.conv(0, "_conv_stem.weight".into(), "_bn0".into(), EPS, (3, 32), (3, 2), false, r6, None);
+    let mut x = b.conv(
+        0,
+        "_conv_stem.weight".into(),
+        "_bn0".into(),
+        EPS,
+        (3, 32),
+        (3, 2),
+        false,
+        r6,
+        None,
+    );
     let mut c = 32;
     let mut idx = 0;
     for (k, s, e, cout, n) in STAGES {
@@ -227,7 +257,17 @@ pub(crate) fn efficientnet_lite0(with_head: bool) -> Arch {
             let hidden = c * e;
             let mut y = x;
             if e != 1 {
-                y = b.conv(y, format!("{p}._expand_conv.weight"), format!("{p}._bn0"), EPS, (c, hidden), (1, 1), false, r6, None);
+                y = b.conv(
+                    y,
+                    format!("{p}._expand_conv.weight"),
+                    format!("{p}._bn0"),
+                    EPS,
+                    (c, hidden),
+                    (1, 1),
+                    false,
+                    r6,
+                    None,
+                );
             }
             y = b.conv(
                 y,
@@ -256,7 +296,17 @@ pub(crate) fn efficientnet_lite0(with_head: bool) -> Arch {
             idx += 1;
         }
     }
-    b.conv(x, "_conv_head.weight".into(), "_bn1".into(), EPS, (c, 1280), (1, 1), false, r6, None);
+    b.conv(
+        x,
+        "_conv_head.weight".into(),
+        "_bn1".into(),
+        EPS,
+        (c, 1280),
+        (1, 1),
+        false,
+        r6,
+        None,
+    );
     Arch {
         name: "efficientnet_lite0",
         nodes: b.nodes,
@@ -274,7 +324,17 @@ pub(crate) fn resnet50(with_head: bool) -> Arch {
     const EPS: f64 = 1e-5;
     let relu = Activation::Relu;
     let mut b = Builder::default();
-    let stem = b.conv(0, "conv1.weight".into(), "bn1".into(), EPS, (3, 64), (7, 2), false, relu, None);
+    let stem = b.conv(
+        0,
+        "conv1.weight".into(),
+        "bn1".into(),
+        EPS,
+        (3, 64),
+        (7, 2),
+        false,
+        relu,
+        None,
+    );
     b.nodes.push(Node::MaxPool {
         src: stem,
         k: 3,
@@ -291,8 +351,28 @@ pub(crate) fn resnet50(with_head: bool) -> Arch {
             let p = format!("layer{}.{bi}", li + 1);
             let s = if bi == 0 { stride } else { 1 };
             let out = planes * 4;
-            let y = b.conv(x, format!("{p}.conv1.weight"), format!("{p}.bn1"), EPS, (c, planes), (1, 1), false, relu, None);
-            let y = b.conv(y, format!("{p}.conv2.weight"), format!("{p}.bn2"), EPS, (planes, planes), (3, s), false, relu, None);
+            let y = b.conv(
+                x,
+                format!("{p}.conv1.weight"),
+                format!("{p}.bn1"),
+                EPS,
+                (c, planes),
+                (1, 1),
+                false,
+                relu,
+                None,
+            );
+            let y = b.conv(
+                y,
+                format!("{p}.conv2.weight"),
+                format!("{p}.bn2"),
+                EPS,
+                (planes, planes),
+                (3, s),
+                false,
+                relu,
+                None,
+            );
             let shortcut = if bi == 0 {
                 b.conv(
                     x,
@@ -308,7 +388,17 @@ pub(crate) fn resnet50(with_head: bool) -> Arch {
             } else {
                 x
             };
-            x = b.conv(y, format!("{p}.conv3.weight"), format!("{p}.bn3"), EPS, (planes, out), (1, 1), false, relu, Some(shortcut));
+            x = b.conv(
+                y,
+                format!("{p}.conv3.weight"),
+                format!("{p}.bn3"),
+                EPS,
+                (planes, out),
+                (1, 1),
+                false,
+                relu,
+                Some(shortcut),
+            );
             c = out;
         }
     }
@@ -335,7 +425,11 @@ pub(crate) fn count_macs(arch: &Arch, h: usize, w: usize) -> Option<u64> {
         let next = match node {
             Node::Conv { spec, .. } => {
                 let win = crate::plan::window_for(spec, ih, iw).ok()?;
-                let per_out = if spec.depthwise { spec.k * spec.k } else { spec.k * spec.k * spec.cin };
+                let per_out = if spec.depthwise {
+                    spec.k * spec.k
+                } else {
+                    spec.k * spec.k * spec.cin
+                };
                 macs += (win.out_h * win.out_w * spec.cout * per_out) as u64;
                 (win.out_h, win.out_w, spec.cout)
             }

@@ -148,7 +148,12 @@ impl Window {
     }
 }
 
-fn check_len(kernel: &'static str, buffer: &'static str, expected: usize, got: usize) -> Result<()> {
+fn check_len(
+    kernel: &'static str,
+    buffer: &'static str,
+    expected: usize,
+    got: usize,
+) -> Result<()> {
     if expected == got {
         Ok(())
     } else {
@@ -350,7 +355,11 @@ unsafe fn gemm_tile(
     // One slice per row: with a column split, neighbouring tasks own the rest of each row.
     let bias = &bias[tile.c0..tile.c1];
     for r in 0..rows {
-        epilogue(std::slice::from_raw_parts_mut(dst.add(r * n), cols), bias, act);
+        epilogue(
+            std::slice::from_raw_parts_mut(dst.add(r * n), cols),
+            bias,
+            act,
+        );
     }
 }
 
@@ -532,10 +541,7 @@ fn depthwise_block<const CB: usize, const FMA: bool>(
     let dst = &mut out[..CB];
     match act {
         Activation::Identity => dst.copy_from_slice(&acc),
-        Activation::Relu => dst
-            .iter_mut()
-            .zip(acc)
-            .for_each(|(d, v)| *d = v.max(0.0)),
+        Activation::Relu => dst.iter_mut().zip(acc).for_each(|(d, v)| *d = v.max(0.0)),
         Activation::Relu6 => dst
             .iter_mut()
             .zip(acc)
@@ -639,7 +645,9 @@ pub fn depthwise_conv(
     }
     out.par_chunks_mut(row_len)
         .enumerate()
-        .for_each(|(oy, out_row)| depthwise_row_dispatch(input, dims, win, weights, bias, act, oy, out_row));
+        .for_each(|(oy, out_row)| {
+            depthwise_row_dispatch(input, dims, win, weights, bias, act, oy, out_row)
+        });
     Ok(())
 }
 
@@ -654,7 +662,9 @@ fn depthwise_row_dispatch(
     oy: usize,
     out_row: &mut [f32],
 ) {
-    dispatch!(depthwise_row(input, dims, win, weights, bias, act, oy, out_row))
+    dispatch!(depthwise_row(
+        input, dims, win, weights, bias, act, oy, out_row
+    ))
 }
 
 #[inline(always)]
@@ -697,7 +707,10 @@ pub fn max_pool(input: &[f32], dims: Nhwc, win: Window, out: &mut [f32]) -> Resu
     if win.pad_top >= win.k || win.pad_left >= win.k {
         return Err(KernelError::Window {
             kernel: K,
-            reason: format!("padding {} must be smaller than the window {}", win.pad_top, win.k),
+            reason: format!(
+                "padding {} must be smaller than the window {}",
+                win.pad_top, win.k
+            ),
         });
     }
     check_len(K, "input", dims.len(), input.len())?;
@@ -727,15 +740,13 @@ pub fn global_avg_pool(input: &[f32], dims: Nhwc, out: &mut [f32]) -> Result<()>
         return Ok(());
     }
     let scale = 1.0 / hw.max(1) as f32;
-    out.par_chunks_mut(dims.c)
-        .enumerate()
-        .for_each(|(n, o)| {
-            o.fill(0.0);
-            for px in input[n * hw * dims.c..(n + 1) * hw * dims.c].chunks_exact(dims.c) {
-                o.iter_mut().zip(px).for_each(|(a, x)| *a += x);
-            }
-            o.iter_mut().for_each(|a| *a *= scale);
-        });
+    out.par_chunks_mut(dims.c).enumerate().for_each(|(n, o)| {
+        o.fill(0.0);
+        for px in input[n * hw * dims.c..(n + 1) * hw * dims.c].chunks_exact(dims.c) {
+            o.iter_mut().zip(px).for_each(|(a, x)| *a += x);
+        }
+        o.iter_mut().for_each(|a| *a *= scale);
+    });
     Ok(())
 }
 
@@ -768,12 +779,14 @@ pub fn nhwc_to_nchw(input: &[f32], dims: Nhwc, out: &mut [f32]) -> Result<()> {
     if dims.is_empty() {
         return Ok(());
     }
-    out.par_chunks_mut(h * w).enumerate().for_each(|(plane, o)| {
-        let (n, ch) = (plane / c, plane % c);
-        for (p, v) in o.iter_mut().enumerate() {
-            *v = input[(n * h * w + p) * c + ch];
-        }
-    });
+    out.par_chunks_mut(h * w)
+        .enumerate()
+        .for_each(|(plane, o)| {
+            let (n, ch) = (plane / c, plane % c);
+            for (p, v) in o.iter_mut().enumerate() {
+                *v = input[(n * h * w + p) * c + ch];
+            }
+        });
     Ok(())
 }
 
@@ -783,7 +796,14 @@ mod tests {
 
     #[test]
     fn tiles_cover_the_matrix_exactly_once() {
-        for &(m, n) in &[(1, 1), (49, 1280), (3136, 24), (12544, 32), (7, 1000), (100, 17)] {
+        for &(m, n) in &[
+            (1, 1),
+            (49, 1280),
+            (3136, 24),
+            (12544, 32),
+            (7, 1000),
+            (100, 17),
+        ] {
             let mut seen = vec![0u8; m * n];
             for t in tiles(m, n) {
                 for r in t.r0..t.r1 {
@@ -824,9 +844,20 @@ mod tests {
         let win = Window::symmetric(4, 4, 3, 1, 1).unwrap();
         let input = vec![0.0; dims.len()];
         let mut out = vec![0.0; dims.len() - 1];
-        let err = depthwise_conv(&input, dims, win, &[0.0; 18], &[0.0; 2], Activation::Relu, &mut out)
-            .unwrap_err();
-        assert!(matches!(err, KernelError::BufferSize { buffer: "out", .. }), "{err}");
+        let err = depthwise_conv(
+            &input,
+            dims,
+            win,
+            &[0.0; 18],
+            &[0.0; 2],
+            Activation::Relu,
+            &mut out,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, KernelError::BufferSize { buffer: "out", .. }),
+            "{err}"
+        );
     }
 
     #[test]

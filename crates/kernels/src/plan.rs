@@ -49,7 +49,10 @@ enum Step {
         dst: usize,
         residual: Residual,
     },
-    MaxPool { src: usize, dst: usize },
+    MaxPool {
+        src: usize,
+        dst: usize,
+    },
 }
 
 /// Buffers and shapes for one input shape, reused by every call with that shape.
@@ -115,7 +118,9 @@ fn fold(vb: &VarBuilder, spec: &ConvSpec, w: &mut [f32]) -> Result<Vec<f32>> {
     let beta = weight(vb, &[cout], &format!("{bn}.bias"))?;
     let mean = weight(vb, &[cout], &format!("{bn}.running_mean"))?;
     let var = weight(vb, &[cout], &format!("{bn}.running_var"))?;
-    Ok(fold_batch_norm(w, &conv_bias, &gamma, &beta, &mean, &var, spec.eps))
+    Ok(fold_batch_norm(
+        w, &conv_bias, &gamma, &beta, &mean, &var, spec.eps,
+    ))
 }
 
 /// Folds an inference-mode BatchNorm into the preceding convolution.
@@ -341,7 +346,11 @@ impl Plan {
         self.run(input, &mut Profile::disabled(), |ws, last, dims, _| {
             let mut nchw = vec![0.0; dims.len()];
             kernels::nhwc_to_nchw(&ws.buffers[last][..dims.len()], dims, &mut nchw)?;
-            Ok(Tensor::from_vec(nchw, (dims.n, dims.c, dims.h, dims.w), &Device::Cpu)?)
+            Ok(Tensor::from_vec(
+                nchw,
+                (dims.n, dims.c, dims.h, dims.w),
+                &Device::Cpu,
+            )?)
         })
     }
 
@@ -406,7 +415,10 @@ impl Plan {
         finish: impl FnOnce(&mut Workspace, usize, Nhwc, &mut Profile) -> Result<R>,
     ) -> Result<R> {
         let (n, c, h, w) = input.dims4().map_err(|_| {
-            KernelError::Input(format!("expected [N, 3, H, W], got shape {:?}", input.dims()))
+            KernelError::Input(format!(
+                "expected [N, 3, H, W], got shape {:?}",
+                input.dims()
+            ))
         })?;
         if c != 3 {
             return Err(KernelError::Input(format!(
@@ -415,7 +427,9 @@ impl Plan {
             )));
         }
         if !input.device().is_cpu() {
-            return Err(KernelError::Input("the fast plan runs on CPU tensors only".into()));
+            return Err(KernelError::Input(
+                "the fast plan runs on CPU tensors only".into(),
+            ));
         }
         let taken = self.workspace.lock().map(|mut g| g.take()).unwrap_or(None);
         let t = Instant::now();
@@ -444,7 +458,12 @@ impl Plan {
                     let d = dims[*src];
                     (window_for(spec, d.h, d.w), spec.cout)
                 }
-                Node::MaxPool { src, k, stride, pad } => {
+                Node::MaxPool {
+                    src,
+                    k,
+                    stride,
+                    pad,
+                } => {
                     let d = dims[*src];
                     (Window::symmetric(d.h, d.w, *k, *stride, *pad), d.c)
                 }
@@ -484,13 +503,19 @@ impl Plan {
         {
             let (storage, layout) = x.storage_and_layout();
             let Storage::Cpu(cpu) = &*storage else {
-                return Err(KernelError::Input("the fast plan runs on CPU tensors only".into()));
+                return Err(KernelError::Input(
+                    "the fast plan runs on CPU tensors only".into(),
+                ));
             };
             let data = cpu.as_slice::<f32>()?;
             let dims = ws.dims[0];
             let start = layout.start_offset();
             let nchw = &data[start..start + dims.len()];
-            kernels::nchw_to_nhwc(nchw, dims, &mut ws.buffers[self.value_buffer[0]][..dims.len()])?;
+            kernels::nchw_to_nhwc(
+                nchw,
+                dims,
+                &mut ws.buffers[self.value_buffer[0]][..dims.len()],
+            )?;
         }
         profile.add(Stage::Layout, t);
         for (i, step) in self.steps.iter().enumerate() {
@@ -520,7 +545,9 @@ impl Plan {
                     let stage = match l.kind {
                         ConvKind::Pointwise => {
                             let rows = in_dims.n * in_dims.h * in_dims.w;
-                            kernels::pointwise_conv(x, rows, in_dims.c, &l.weights, &l.bias, act, accumulate, y)?;
+                            kernels::pointwise_conv(
+                                x, rows, in_dims.c, &l.weights, &l.bias, act, accumulate, y,
+                            )?;
                             Stage::Pointwise
                         }
                         ConvKind::Depthwise => {
@@ -528,7 +555,9 @@ impl Plan {
                             Stage::Depthwise
                         }
                         ConvKind::Dense => {
-                            kernels::dense_conv(x, in_dims, win, &l.weights, &l.bias, act, accumulate, y)?;
+                            kernels::dense_conv(
+                                x, in_dims, win, &l.weights, &l.bias, act, accumulate, y,
+                            )?;
                             if l.spec.k == 1 {
                                 Stage::StridedPointwise
                             } else {

@@ -118,7 +118,11 @@ impl fmt::Display for Profile {
             total * 1e3 / runs,
             self.runs
         )?;
-        writeln!(f, "  {:<30} {:>10} {:>7} {:>8}", "stage", "ms/run", "share", "calls/run")?;
+        writeln!(
+            f,
+            "  {:<30} {:>10} {:>7} {:>8}",
+            "stage", "ms/run", "share", "calls/run"
+        )?;
         let mut rows = self.stages.clone();
         rows.sort_by(|a, b| b.1.cmp(&a.1));
         for (stage, d, calls) in rows {

@@ -25,8 +25,16 @@ fn mobilenet_v2_fast_and_plain_match_the_golden_cat() {
     let plan = Plan::mobilenet_v2(vb_from(&weights)).unwrap();
     let reference = Reference::mobilenet_v2(vb_from(&weights)).unwrap();
     for (path, emb, logits) in [
-        ("fast", plan.features(input).unwrap(), plan.logits(input).unwrap()),
-        ("plain", reference.features(input).unwrap(), reference.logits(input).unwrap()),
+        (
+            "fast",
+            plan.features(input).unwrap(),
+            plan.logits(input).unwrap(),
+        ),
+        (
+            "plain",
+            reference.features(input).unwrap(),
+            reference.logits(input).unwrap(),
+        ),
     ] {
         let d_emb = max_abs_diff(&emb, &g["mobilenet_v2.embedding"]);
         let d_log = max_abs_diff(&logits, &g["mobilenet_v2.logits"]);
@@ -88,26 +96,50 @@ fn resnet50_fast_plan_matches_the_synthetic_golden_outputs() {
     };
     let g = load(&golden);
     let plan = Plan::resnet50(resnet50_recipe_vb(&names)).unwrap();
-    let cases = [(1, 2, [2, 3, 224, 224]), (2, 3, [1, 3, 160, 96]), (3, 4, [1, 3, 99, 75])];
+    let cases = [
+        (1, 2, [2, 3, 224, 224]),
+        (2, 3, [1, 3, 160, 96]),
+        (3, 4, [1, 3, 99, 75]),
+    ];
     for (case, seed, shape) in cases {
         let input = recipe_input(seed, shape);
-        let head = g[&format!("input.case{case}.head16")].to_dtype(DType::F32).unwrap();
+        let head = g[&format!("input.case{case}.head16")]
+            .to_dtype(DType::F32)
+            .unwrap();
         let ours = input.flatten_all().unwrap().narrow(0, 0, 16).unwrap();
-        assert!(max_abs_diff(&ours, &head) < 1e-6, "case{case}: input recipe differs");
+        assert!(
+            max_abs_diff(&ours, &head) < 1e-6,
+            "case{case}: input recipe differs"
+        );
         let map = plan.feature_map(&input).unwrap();
         let pooled = plan.features(&input).unwrap();
         let logits = plan.logits(&input).unwrap();
         let mut checks = vec![
-            ("pooled", pooled, g[&format!("resnet50.pooled.case{case}")].clone()),
-            ("logits", logits, g[&format!("resnet50.logits.case{case}")].clone()),
+            (
+                "pooled",
+                pooled,
+                g[&format!("resnet50.pooled.case{case}")].clone(),
+            ),
+            (
+                "logits",
+                logits,
+                g[&format!("resnet50.logits.case{case}")].clone(),
+            ),
         ];
         if case > 1 {
-            checks.push(("layer4", map, g[&format!("resnet50.layer4.case{case}")].clone()));
+            checks.push((
+                "layer4",
+                map,
+                g[&format!("resnet50.layer4.case{case}")].clone(),
+            ));
         }
         for (what, ours, want) in checks {
             let (l2, mx) = (rel_l2(&ours, &want), rel_max(&ours, &want));
             eprintln!("resnet50 case{case} {what}: rel L2 {l2:.2e}, rel max {mx:.2e}");
-            assert!(l2 <= 1e-4 && mx <= 1e-4, "case{case} {what}: rel L2 {l2}, rel max {mx}");
+            assert!(
+                l2 <= 1e-4 && mx <= 1e-4,
+                "case{case} {what}: rel L2 {l2}, rel max {mx}"
+            );
         }
     }
 }

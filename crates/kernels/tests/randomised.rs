@@ -18,7 +18,10 @@ fn to_vec(t: &Tensor) -> Vec<f32> {
 
 fn nchw_to_nhwc(t: &Tensor) -> (Vec<f32>, Nhwc) {
     let (n, c, h, w) = t.dims4().unwrap();
-    (to_vec(&t.permute((0, 2, 3, 1)).unwrap()), Nhwc { n, h, w, c })
+    (
+        to_vec(&t.permute((0, 2, 3, 1)).unwrap()),
+        Nhwc { n, h, w, c },
+    )
 }
 
 fn nhwc_tensor(v: Vec<f32>, d: Nhwc) -> Tensor {
@@ -116,10 +119,19 @@ fn depthwise_matches_candle_grouped_conv_with_batch_norm() {
         }
         let (xv, d) = nchw_to_nhwc(&x);
         let win = Window::symmetric(h, w, k, s, k / 2).unwrap();
-        let od = Nhwc { n, h: win.out_h, w: win.out_w, c };
+        let od = Nhwc {
+            n,
+            h: win.out_h,
+            w: win.out_w,
+            c,
+        };
         let mut out = vec![0.0; od.len()];
         kernels::depthwise_conv(&xv, d, win, &taps, &bias, Activation::Relu6, &mut out).unwrap();
-        check(&format!("depthwise {n}x{c}x{h}x{w} k{k} s{s}"), &nhwc_tensor(out, od), &want);
+        check(
+            &format!("depthwise {n}x{c}x{h}x{w} k{k} s{s}"),
+            &nhwc_tensor(out, od),
+            &want,
+        );
     }
 }
 
@@ -159,7 +171,13 @@ fn dense_and_pointwise_convs_match_candle_conv_with_batch_norm_and_residual() {
         let mut pre = candle_bn(&x.conv2d(&wt, p, s, 1, 1).unwrap(), &bn, 1e-5);
         let od_shape = pre.dims4().unwrap();
         let residual = with_residual.then(|| {
-            uniform(&format!("{tag}.r"), 2, &[od_shape.0, od_shape.1, od_shape.2, od_shape.3], -1.0, 1.0)
+            uniform(
+                &format!("{tag}.r"),
+                2,
+                &[od_shape.0, od_shape.1, od_shape.2, od_shape.3],
+                -1.0,
+                1.0,
+            )
         });
         if let Some(r) = &residual {
             pre = (pre + r).unwrap();
@@ -170,7 +188,12 @@ fn dense_and_pointwise_convs_match_candle_conv_with_batch_norm_and_residual() {
         let wl = dense_layout(&wv, cout, cin, k);
         let (xv, d) = nchw_to_nhwc(&x);
         let win = Window::symmetric(h, w, k, s, p).unwrap();
-        let od = Nhwc { n, h: win.out_h, w: win.out_w, c: cout };
+        let od = Nhwc {
+            n,
+            h: win.out_h,
+            w: win.out_w,
+            c: cout,
+        };
         let mut out = match &residual {
             Some(r) => nchw_to_nhwc(r).0,
             None => vec![0.0; od.len()],
@@ -201,9 +224,16 @@ fn pooling_matches_candle() {
             let pad = Tensor::full(f32::NEG_INFINITY, shape, &Device::Cpu).unwrap();
             Tensor::cat(&[&pad, &t, &pad], dim).unwrap()
         };
-        let want = neg(neg(x.clone(), 2), 3).max_pool2d_with_stride(3, 2).unwrap();
+        let want = neg(neg(x.clone(), 2), 3)
+            .max_pool2d_with_stride(3, 2)
+            .unwrap();
         let win = Window::symmetric(h, w, 3, 2, 1).unwrap();
-        let od = Nhwc { n, h: win.out_h, w: win.out_w, c };
+        let od = Nhwc {
+            n,
+            h: win.out_h,
+            w: win.out_w,
+            c,
+        };
         let mut out = vec![0.0; od.len()];
         kernels::max_pool(&xv, d, win, &mut out).unwrap();
         check("max pool", &nhwc_tensor(out, od), &want);
@@ -211,7 +241,11 @@ fn pooling_matches_candle() {
         let want = x.mean(D::Minus1).unwrap().mean(D::Minus1).unwrap();
         let mut out = vec![0.0; n * c];
         kernels::global_avg_pool(&xv, d, &mut out).unwrap();
-        check("global avg pool", &Tensor::from_vec(out, (n, c), &Device::Cpu).unwrap(), &want);
+        check(
+            "global avg pool",
+            &Tensor::from_vec(out, (n, c), &Device::Cpu).unwrap(),
+            &want,
+        );
     }
 }
 
@@ -221,18 +255,37 @@ fn classifier_gemm_matches_candle_linear() {
     let x = uniform("fc.x", 4, &[n, cin], -1.0, 1.0);
     let w = uniform("fc.w", 4, &[cout, cin], -0.05, 0.05);
     let b = uniform("fc.b", 4, &[cout], -0.1, 0.1);
-    let want = candle_nn::Linear::new(w.clone(), Some(b.clone())).forward(&x).unwrap();
+    let want = candle_nn::Linear::new(w.clone(), Some(b.clone()))
+        .forward(&x)
+        .unwrap();
     let wt = to_vec(&w.t().unwrap().contiguous().unwrap());
     let mut out = vec![0.0; n * cout];
-    kernels::pointwise_conv(&to_vec(&x), n, cin, &wt, &to_vec(&b), Activation::Identity, false, &mut out)
-        .unwrap();
-    check("classifier", &Tensor::from_vec(out, (n, cout), &Device::Cpu).unwrap(), &want);
+    kernels::pointwise_conv(
+        &to_vec(&x),
+        n,
+        cin,
+        &wt,
+        &to_vec(&b),
+        Activation::Identity,
+        false,
+        &mut out,
+    )
+    .unwrap();
+    check(
+        "classifier",
+        &Tensor::from_vec(out, (n, cout), &Device::Cpu).unwrap(),
+        &want,
+    );
 }
 
 fn random_vb(weights_rel: &str, seed: u64) -> Option<VarBuilder<'static>> {
     let path = shared_file(weights_rel)?;
     let real = load(&path);
-    Some(VarBuilder::from_tensors(randomised_like(&real, seed), DType::F32, &Device::Cpu))
+    Some(VarBuilder::from_tensors(
+        randomised_like(&real, seed),
+        DType::F32,
+        &Device::Cpu,
+    ))
 }
 
 #[test]
@@ -244,8 +297,16 @@ fn mobilenet_v2_fast_plan_matches_plain_candle_with_random_weights() {
     let reference = Reference::mobilenet_v2(vb).unwrap();
     for (i, shape) in [[1, 3, 224, 224], [3, 3, 97, 131]].into_iter().enumerate() {
         let x = uniform(&format!("mnv2.x{i}"), 5, &shape, -2.0, 2.0);
-        check("mobilenet_v2 map", &plan.feature_map(&x).unwrap(), &reference.feature_map(&x).unwrap());
-        check("mobilenet_v2 logits", &plan.logits(&x).unwrap(), &reference.logits(&x).unwrap());
+        check(
+            "mobilenet_v2 map",
+            &plan.feature_map(&x).unwrap(),
+            &reference.feature_map(&x).unwrap(),
+        );
+        check(
+            "mobilenet_v2 logits",
+            &plan.logits(&x).unwrap(),
+            &reference.logits(&x).unwrap(),
+        );
     }
 }
 
@@ -258,8 +319,16 @@ fn efficientnet_lite0_fast_plan_matches_plain_candle_with_random_weights() {
     let reference = Reference::efficientnet_lite0(vb).unwrap();
     for (i, shape) in [[2, 3, 160, 128], [1, 3, 75, 99]].into_iter().enumerate() {
         let x = uniform(&format!("effl0.x{i}"), 6, &shape, -2.0, 2.0);
-        check("efficientnet_lite0 map", &plan.feature_map(&x).unwrap(), &reference.feature_map(&x).unwrap());
-        check("efficientnet_lite0 logits", &plan.logits(&x).unwrap(), &reference.logits(&x).unwrap());
+        check(
+            "efficientnet_lite0 map",
+            &plan.feature_map(&x).unwrap(),
+            &reference.feature_map(&x).unwrap(),
+        );
+        check(
+            "efficientnet_lite0 logits",
+            &plan.logits(&x).unwrap(),
+            &reference.logits(&x).unwrap(),
+        );
     }
 }
 
@@ -287,8 +356,16 @@ fn resnet50_fast_plan_matches_plain_candle_with_random_weights() {
     let plan = Plan::resnet50(vb.clone()).unwrap();
     let reference = Reference::resnet50(vb).unwrap();
     let x = uniform("resnet.x", 8, &[2, 3, 67, 53], -2.0, 2.0);
-    check("resnet50 map", &plan.feature_map(&x).unwrap(), &reference.feature_map(&x).unwrap());
-    check("resnet50 logits", &plan.logits(&x).unwrap(), &reference.logits(&x).unwrap());
+    check(
+        "resnet50 map",
+        &plan.feature_map(&x).unwrap(),
+        &reference.feature_map(&x).unwrap(),
+    );
+    check(
+        "resnet50 logits",
+        &plan.logits(&x).unwrap(),
+        &reference.logits(&x).unwrap(),
+    );
 }
 
 #[test]
@@ -297,8 +374,12 @@ fn plans_refuse_bad_inputs_and_missing_tensors() {
         return;
     };
     let mut tensors = load(&path);
-    let plan = Plan::mobilenet_v2(VarBuilder::from_tensors(tensors.clone(), DType::F32, &Device::Cpu))
-        .unwrap();
+    let plan = Plan::mobilenet_v2(VarBuilder::from_tensors(
+        tensors.clone(),
+        DType::F32,
+        &Device::Cpu,
+    ))
+    .unwrap();
     let gray = Tensor::zeros((1, 1, 64, 64), DType::F32, &Device::Cpu).unwrap();
     assert!(plan.features(&gray).is_err());
     let flat = Tensor::zeros((3, 64, 64), DType::F32, &Device::Cpu).unwrap();
@@ -308,9 +389,13 @@ fn plans_refuse_bad_inputs_and_missing_tensors() {
     assert_eq!(plan.features(&tiny).unwrap().dims(), &[1, 1280]);
 
     tensors.remove("features.5.conv.1.1.running_var");
-    let err = Plan::mobilenet_v2(VarBuilder::from_tensors(tensors.clone(), DType::F32, &Device::Cpu))
-        .unwrap_err()
-        .to_string();
+    let err = Plan::mobilenet_v2(VarBuilder::from_tensors(
+        tensors.clone(),
+        DType::F32,
+        &Device::Cpu,
+    ))
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("features.5.conv.1.1.running_var"), "{err}");
     tensors.remove("classifier.1.weight");
     tensors.remove("classifier.1.bias");
@@ -321,5 +406,8 @@ fn plans_refuse_bad_inputs_and_missing_tensors() {
     let err = Plan::mobilenet_v2(VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("features.5.conv.1.1.running_var"), "misshapen: {err}");
+    assert!(
+        err.contains("features.5.conv.1.1.running_var"),
+        "misshapen: {err}"
+    );
 }

@@ -1,9 +1,11 @@
 //! Approximate nearest neighbours: an HNSW graph (usearch) over the index's rows.
 //!
-//! Why usearch (measured on this 2-core machine with 1280-d clustered unit vectors, M = 16,
-//! ef_construction = 128, ef_search = 64, see the closing note of issue 4): it built and
-//! answered fastest of `usearch`, `hnsw_rs` and `instant-distance`, all at recall@10 = 1.0 on
-//! 20k vectors; it is the only one of the three that removes points, renames keys (so
+//! Why usearch (measured on this shared, busy 2-core machine with 20k clustered 1280-d unit
+//! vectors, M = 16, ef_construction = 128, ef_search = 64, recall@10 = 1.0 for all three):
+//! build / query took 70 s / 2.2 ms for usearch, 82 s / 3.3 ms for `hnsw_rs` and 508 s / 3.6 ms
+//! for `instant-distance`. At 100k (`benches/knn_speed.rs`, ef_search = 128) usearch builds in
+//! about 110 s and answers in 2.4 ms against 33 ms for the exact scan, recall@10 = 1.0.
+//! Besides being fastest, it is the only one of the three that removes points, renames keys (so
 //! compaction keeps the graph), searches with a predicate (filters), and serialises to a byte
 //! buffer that fits inside our own checksummed file; it is actively maintained. `hnsw_rs`
 //! cannot delete and exits the process on bad parameters; `instant-distance` cannot add to a
@@ -20,7 +22,8 @@ use crate::SearchError;
 const CONNECTIVITY: usize = 16;
 /// Candidate list size while inserting.
 const EXPANSION_ADD: usize = 128;
-/// Candidate list size while searching.
+/// Candidate list size while searching: 64 gave recall@10 = 0.95 on 10k clustered vectors,
+/// 128 leaves margin for the 0.98 goal at about twice the query time.
 const EXPANSION_SEARCH: usize = 128;
 
 fn err(context: &str, e: impl std::fmt::Display) -> SearchError {

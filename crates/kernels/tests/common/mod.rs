@@ -30,7 +30,12 @@ pub fn load(path: &Path) -> HashMap<String, Tensor> {
 }
 
 fn f64s(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    t.to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
@@ -95,11 +100,15 @@ pub fn recipe_tensor(name: &str, shape: &[usize]) -> Tensor {
     let vals: Vec<f32> = match (last, shape.len()) {
         ("weight", 4) => {
             let fan_in = (shape[1] * shape[2] * shape[3]) as f64;
-            u.iter().map(|u| ((2.0 * u - 1.0) * (6.0 / fan_in).sqrt()) as f32).collect()
+            u.iter()
+                .map(|u| ((2.0 * u - 1.0) * (6.0 / fan_in).sqrt()) as f32)
+                .collect()
         }
         ("weight", 2) => {
             let fan_in = shape[1] as f64;
-            u.iter().map(|u| ((2.0 * u - 1.0) * (3.0 / fan_in).sqrt()) as f32).collect()
+            u.iter()
+                .map(|u| ((2.0 * u - 1.0) * (3.0 / fan_in).sqrt()) as f32)
+                .collect()
         }
         ("weight", 1) if name.ends_with(".bn3.weight") => {
             u.iter().map(|u| (0.2 + 0.1 * u) as f32).collect()
