@@ -174,7 +174,11 @@ fn resnet50_vb(names_shapes: &Path) -> Result<VarBuilder<'static>> {
             in_resnet = h.starts_with("resnet50");
             continue;
         }
-        if !in_resnet || line.starts_with('#') || line.trim().is_empty() {
+        if !in_resnet
+            || line.starts_with('#')
+            || line.trim().is_empty()
+            || line.contains("NOT_GENERATED")
+        {
             continue;
         }
         let mut cols = line.split('\t');

@@ -110,6 +110,7 @@ fn full_protocol_on_a_few_dozen_photos_writes_a_complete_report_and_resumes_from
     }
     let out = tempfile::tempdir().unwrap();
     let weights_arg = format!("mobilenet_v2={}", weights.display());
+    let photos = data.join("photos_resized");
     let args = [
         "eval",
         "--protocol",
@@ -117,7 +118,7 @@ fn full_protocol_on_a_few_dozen_photos_writes_a_complete_report_and_resumes_from
         "--labels",
         labels.path().to_str().unwrap(),
         "--photos",
-        data.join("photos_resized").to_str().unwrap(),
+        photos.to_str().unwrap(),
         "--models",
         "mobilenet_v2",
         "--weights",

@@ -7,7 +7,7 @@ use std::time::Instant;
 use image::RgbImage;
 use wtb_dataset::{crop, decode_rgb, BBox, DecodeLimits};
 use wtb_embed::{load_embeddings, Embedder};
-use wtb_search::{Filter, Index, Metric, ProductHit, SearchRequest, VectorSearch};
+use wtb_search::{Filter, Index, Metric, ProductHit, SearchMode, SearchRequest, VectorSearch};
 
 use crate::PipelineError;
 
@@ -175,6 +175,8 @@ impl QueryEngine {
                 categories: query.categories.clone(),
                 products: BTreeSet::new(),
             },
+            // Exact: the catalogue of a shop is small, and exact answers are reproducible.
+            mode: SearchMode::Exact,
         };
         let hits = self.index.search(&vector, &request)?;
         let searched = Instant::now();
@@ -236,6 +238,7 @@ impl QueryEngine {
             k: k + 1,
             metric,
             filter: Filter::default(),
+            mode: SearchMode::Exact,
         };
         let mut best: Vec<ProductHit> = Vec::new();
         for hits in self.index.search_batch(&queries, &request)? {

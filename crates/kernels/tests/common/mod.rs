@@ -133,7 +133,11 @@ pub fn recipe_names(names_shapes: &Path, model: &str) -> Vec<(String, Vec<usize>
             section = h.split_whitespace().next().unwrap_or("").to_string();
             continue;
         }
-        if line.starts_with('#') || line.trim().is_empty() || section != model {
+        if line.starts_with('#')
+            || line.trim().is_empty()
+            || section != model
+            || line.contains("NOT_GENERATED")
+        {
             continue;
         }
         let mut cols = line.split('\t');
