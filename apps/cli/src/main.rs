@@ -28,7 +28,7 @@ enum Command {
     /// Inspect, validate and clean a street2shop dataset.
     #[command(subcommand)]
     Dataset(dataset::DatasetCommand),
-    /// Evaluate retrieval accuracy (accuracy@k, MRR, mAP) and write a report folder.
+    // No doc comment: it would replace the long help written on `EvalArgs`.
     Eval(Box<eval::EvalArgs>),
     /// List the feature extractors and whether their weights are present.
     #[command(subcommand)]
