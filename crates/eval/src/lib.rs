@@ -65,8 +65,8 @@ pub enum EvalError {
     Embed {
         /// What was being done.
         what: String,
-        /// The underlying error.
-        source: wtb_embed::EmbedError,
+        /// The underlying error (boxed: candle's errors are large).
+        source: Box<wtb_embed::EmbedError>,
     },
     /// Search failed.
     #[error("search of {what}: {source}")]
@@ -74,7 +74,7 @@ pub enum EvalError {
         /// What was searched.
         what: String,
         /// The underlying error.
-        source: wtb_search::SearchError,
+        source: Box<wtb_search::SearchError>,
     },
     /// A plot could not be drawn.
     #[error("plot {path}: {reason}")]

@@ -24,6 +24,9 @@ use crate::metrics::{
 };
 use crate::protocol::{GalleryPhoto, Protocol, Query};
 use crate::report::{ConfigLabel, FailureCase, Report, SetResult, SkippedItem};
+
+/// Per evaluation set (by name), the scores of its queries.
+type ScoresBySet = Vec<(String, Vec<QueryScore>)>;
 use crate::{write_atomic, EvalError};
 
 /// Cut-offs of the original project (5 to 50) plus 1, as the follow-ups report.
@@ -121,7 +124,7 @@ pub fn run(
     let mut weights = Vec::new();
     let mut timings = Vec::new();
     // (configuration, per-set scores) kept for picking failure cases.
-    let mut all_scores: Vec<(ConfigLabel, Vec<(String, Vec<QueryScore>)>)> = Vec::new();
+    let mut all_scores: Vec<(ConfigLabel, ScoresBySet)> = Vec::new();
 
     for model in &config.models {
         for &preprocess in &config.preprocess {
@@ -142,8 +145,8 @@ pub fn run(
                     device: config.device,
                 })
                 .map_err(|source| EvalError::Embed {
+                    source: Box::new(source),
                     what: format!("loading {}", model.kind.name()),
-                    source,
                 })?;
                 let meta = embedder.meta().clone();
                 if !weights
@@ -410,13 +413,13 @@ fn embed_cached(
                         progress(label, base + d, total)
                     })
                     .map_err(|source| EvalError::Embed {
+                        source: Box::new(source),
                         what: format!("{label} ({})", chunk.first().map_or("", |j| j.id.as_str())),
-                        source,
                     })?;
                 save_embeddings(&vectors_path, meta, &outcome.ids, &outcome.vectors, false)
                     .map_err(|source| EvalError::Embed {
+                        source: Box::new(source),
                         what: format!("writing cache {}", vectors_path.display()),
-                        source,
                     })?;
                 let sidecar = ChunkSidecar {
                     format: "wtb-eval-cache".into(),
@@ -473,8 +476,8 @@ fn search_group(
     ks: &[usize],
 ) -> Result<Vec<QueryScore>, EvalError> {
     let search_error = |source| EvalError::Search {
+        source: Box::new(source),
         what: format!("{} queries against {} photos", queries.len(), gallery.len()),
-        source,
     };
     let dim = gallery_vectors.dim;
     if queries.is_empty() {
@@ -525,7 +528,7 @@ fn failure_cases(
     protocol: &Protocol,
     config: &RunConfig,
     results: &[SetResult],
-    all_scores: &[(ConfigLabel, Vec<(String, Vec<QueryScore>)>)],
+    all_scores: &[(ConfigLabel, ScoresBySet)],
 ) -> Result<Vec<FailureCase>, EvalError> {
     if config.failures == 0 {
         return Ok(Vec::new());

@@ -213,10 +213,12 @@ mod x86 {
             pub(super) mod $name {
                 #[allow(unused_imports)]
                 use super::super::*;
+                #[allow(clippy::too_many_arguments)]
                 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
                 pub(in super::super) unsafe fn v4($($arg: $ty),*) {
                     super::super::$name::<true>($($arg),*)
                 }
+                #[allow(clippy::too_many_arguments)]
                 #[target_feature(enable = "avx2,fma")]
                 pub(in super::super) unsafe fn v3($($arg: $ty),*) {
                     super::super::$name::<true>($($arg),*)
@@ -250,7 +252,7 @@ fn epilogue_row<const FMA: bool>(row: &mut [f32], bias: &[f32], act: Activation)
         Activation::Relu6 => row
             .iter_mut()
             .zip(bias)
-            .for_each(|(v, b)| *v = (*v + b).max(0.0).min(6.0)),
+            .for_each(|(v, b)| *v = (*v + b).clamp(0.0, 6.0)),
     }
 }
 
@@ -545,7 +547,7 @@ fn depthwise_block<const CB: usize, const FMA: bool>(
         Activation::Relu6 => dst
             .iter_mut()
             .zip(acc)
-            .for_each(|(d, v)| *d = v.max(0.0).min(6.0)),
+            .for_each(|(d, v)| *d = v.clamp(0.0, 6.0)),
     }
 }
 

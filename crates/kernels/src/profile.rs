@@ -124,7 +124,7 @@ impl fmt::Display for Profile {
             "stage", "ms/run", "share", "calls/run"
         )?;
         let mut rows = self.stages.clone();
-        rows.sort_by(|a, b| b.1.cmp(&a.1));
+        rows.sort_by_key(|r| std::cmp::Reverse(r.1));
         for (stage, d, calls) in rows {
             let s = d.as_secs_f64();
             writeln!(
