@@ -117,12 +117,13 @@ pub fn build_index(
     };
     let mut photos: BTreeMap<PhotoId, ProductKey> = BTreeMap::new();
     for item in gallery.items {
-        if photos.contains_key(&item.photo) {
-            report
+        match photos.entry(item.photo) {
+            std::collections::btree_map::Entry::Occupied(_) => report
                 .shared_photos
-                .push((item.photo.0, item.product.to_string()));
-        } else {
-            photos.insert(item.photo, item.product);
+                .push((item.photo.0, item.product.to_string())),
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(item.product);
+            }
         }
     }
     if photos.is_empty() {

@@ -157,10 +157,7 @@ pub fn multipart(fields: &[(&str, &[u8])]) -> (String, Vec<u8>) {
         body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
         if *name == "image" {
             body.extend_from_slice(
-                format!(
-                    "Content-Disposition: form-data; name=\"image\"; filename=\"upload.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n"
-                )
-                .as_bytes(),
+                b"Content-Disposition: form-data; name=\"image\"; filename=\"upload.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n",
             );
         } else {
             body.extend_from_slice(
