@@ -101,6 +101,14 @@ pub fn build_index(
         problems,
     })?;
     let categories = parse_categories(&options.categories)?;
+    // A category the labels do not have is a typo, not an empty selection.
+    if let Some(unknown) = categories
+        .iter()
+        .flatten()
+        .find(|category| labels.category(category).is_none())
+    {
+        return Err(PipelineError::UnknownCategory(unknown.to_string()));
+    }
     let exclusions = match &options.exclusions {
         Some(path) => Some(
             Exclusions::load(path).map_err(|e| PipelineError::Exclusions {
@@ -260,9 +268,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn unknown_categories_are_refused_by_name() {
-        let err = parse_categories(&["tops".into(), "socks".into()]).unwrap_err();
-        assert!(err.to_string().contains("socks"));
+    fn malformed_category_names_are_refused_by_name() {
+        let err = parse_categories(&["tops".into(), "Socks!".into()]).unwrap_err();
+        assert!(err.to_string().contains("Socks!"));
         assert_eq!(parse_categories(&[]).unwrap(), None);
     }
 
