@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// The key W3C WebDriver uses for element references.
-const ELEMENT: &str = "element-6066-11e4-a6ca-f6d1c84ea7ff";
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 /// A chromedriver process we started, and one browser session in it.
 struct Browser {
@@ -116,7 +116,11 @@ impl Browser {
         );
         value[ELEMENT]
             .as_str()
-            .unwrap_or_else(|| panic!("no element {css}"))
+            .unwrap_or_else(|| {
+                let source = self.session_call("GET", "/source", None);
+                let url = self.session_call("GET", "/url", None);
+                panic!("no element {css} ({value}) at {url}; page: {source}")
+            })
             .to_string()
     }
 
@@ -173,7 +177,6 @@ fn screenshot_dir() -> PathBuf {
 }
 
 #[test]
-#[ignore = "fails in headless Chromium (no #image-input found after navigation); under investigation, run with --ignored"]
 fn upload_draw_a_box_see_results_and_open_a_product() {
     for tool in [CHROMIUM, CHROMEDRIVER] {
         if !Path::new(tool).exists() {
