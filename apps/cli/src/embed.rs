@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use wtb_embed::{
-    imagenet_class_name, save_embeddings, DeviceChoice, Embedder, EmbedderConfig, ImageJob,
+    imagenet_class_name, save_embeddings, DeviceChoice, Embedder, EmbedderConfig, Engine, ImageJob,
     ModelKind, Pooling, Preprocess,
 };
 
@@ -29,6 +29,10 @@ pub struct ModelArgs {
     /// Preprocessing: torchvision, squash or pad.
     #[arg(long, default_value = "torchvision")]
     preprocess: Preprocess,
+    /// CPU implementation: fast (fused kernels; MobileNetV2, EfficientNet-Lite0, ResNet50) or
+    /// candle (stock ops, the reference).
+    #[arg(long, default_value = "fast")]
+    engine: Engine,
 }
 
 impl ModelArgs {
@@ -40,6 +44,7 @@ impl ModelArgs {
             pooling: Pooling::Avg,
             l2_normalize: false,
             device: self.device,
+            engine: self.engine,
         }
     }
 }

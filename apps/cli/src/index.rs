@@ -210,6 +210,7 @@ pub(crate) fn embedder_for(
             .map_err(|e| anyhow!("index metadata: {e}"))?,
         l2_normalize: meta.l2_normalized,
         device,
+        engine: wtb_embed::Engine::default(),
     };
     let embedder = Embedder::load(&config).with_context(|| format!("loading {}", config.model))?;
     let differences = meta.differences(embedder.meta());
@@ -343,6 +344,7 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         pooling: args.pooling,
         l2_normalize: false,
         device: args.device,
+        engine: wtb_embed::Engine::default(),
     };
     let embedder = Embedder::load(&config).with_context(|| format!("loading {}", config.model))?;
     let meta = embedder.meta().to_map();

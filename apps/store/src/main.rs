@@ -87,6 +87,7 @@ fn main() -> anyhow::Result<()> {
         pooling: args.pooling.parse::<Pooling>()?,
         l2_normalize: false,
         device: args.device.parse::<DeviceChoice>()?,
+        engine: wtb_embed::Engine::default(),
     };
     let products = args.products.clone().or_else(|| {
         let beside_labels = args.labels.join("..").join("products.csv");

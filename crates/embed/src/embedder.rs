@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use crate::models::{self, Backbone};
 use crate::preprocess::{input_size, preprocess_image};
 use crate::weights::{self, SyntheticWeights, SYNTHETIC_WEIGHTS_ID};
-use crate::{EmbedError, EmbedderConfig, EmbeddingMeta, ModelKind, Pooling};
+use crate::{EmbedError, EmbedderConfig, EmbeddingMeta, Engine, ModelKind, Pooling};
 
 /// A loaded model with its preprocessing, pooling and normalisation.
 pub struct Embedder {
@@ -66,20 +66,29 @@ impl Embedder {
         device: Device,
     ) -> Result<Self, EmbedError> {
         let name = config.model.name();
-        let backbone: Box<dyn Backbone> = match config.model {
-            ModelKind::MobileNetV2 => Box::new(
-                models::mobilenet_v2::MobileNetV2::new(vb).map_err(EmbedError::model(name))?,
-            ),
-            ModelKind::EfficientNetLite0 => Box::new(
-                models::efficientnet_lite0::EfficientNetLite0::new(vb)
-                    .map_err(EmbedError::model(name))?,
-            ),
-            ModelKind::ResNet50 => {
-                Box::new(models::resnet::ResNet50::new(vb).map_err(EmbedError::model(name))?)
+        let fast = match config.engine {
+            Engine::Fast if device.is_cpu() => {
+                models::fast::FastBackbone::new(config.model, vb.clone())
             }
-            ModelKind::Vgg16 => {
-                Box::new(models::vgg::Vgg16::new(vb).map_err(EmbedError::model(name))?)
-            }
+            _ => None,
+        };
+        let backbone: Box<dyn Backbone> = match (fast, config.model) {
+            (Some(fast), _) => Box::new(fast.map_err(EmbedError::model(name))?),
+            (None, model) => match model {
+                ModelKind::MobileNetV2 => Box::new(
+                    models::mobilenet_v2::MobileNetV2::new(vb).map_err(EmbedError::model(name))?,
+                ),
+                ModelKind::EfficientNetLite0 => Box::new(
+                    models::efficientnet_lite0::EfficientNetLite0::new(vb)
+                        .map_err(EmbedError::model(name))?,
+                ),
+                ModelKind::ResNet50 => {
+                    Box::new(models::resnet::ResNet50::new(vb).map_err(EmbedError::model(name))?)
+                }
+                ModelKind::Vgg16 => {
+                    Box::new(models::vgg::Vgg16::new(vb).map_err(EmbedError::model(name))?)
+                }
+            },
         };
         let meta = EmbeddingMeta {
             model: name.to_string(),

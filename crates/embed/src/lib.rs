@@ -3,7 +3,8 @@
 //! embedding pipeline and embedding files.
 //!
 //! - [`ModelKind`] names a network; [`EmbedderConfig`] adds the weights file, [`Preprocess`],
-//!   [`Pooling`], L2 normalisation and [`DeviceChoice`].
+//!   [`Pooling`], L2 normalisation, [`DeviceChoice`] and [`Engine`] (on the CPU, the fused
+//!   kernels of `wtb-kernels` by default; stock candle ops on request).
 //! - [`Embedder::load`] finds the weights ([`resolve_weights`]: explicit path, `$WTB_MODELS_DIR`,
 //!   `models/`, then the Hugging Face hub with the `hub` feature), reads safetensors or `.pth`
 //!   in torchvision, timm or lukemelas key layout, and refuses missing or misshapen tensors.
@@ -45,7 +46,7 @@ mod store;
 mod weights;
 
 pub use classes::imagenet_class_name;
-pub use config::{DeviceChoice, EmbedderConfig, ModelKind, Pooling, Preprocess};
+pub use config::{DeviceChoice, EmbedderConfig, Engine, ModelKind, Pooling, Preprocess};
 pub use embedder::{EmbedOutcome, Embedder};
 pub use error::EmbedError;
 pub use jobs::ImageJob;

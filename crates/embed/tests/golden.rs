@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use wtb_embed::{
-    imagenet_class_name, Embedder, EmbedderConfig, ModelKind, IMAGENET_MEAN, IMAGENET_STD,
+    imagenet_class_name, Embedder, EmbedderConfig, Engine, ModelKind, IMAGENET_MEAN, IMAGENET_STD,
 };
 
 fn shared_file(relative: &str) -> Option<PathBuf> {
@@ -68,49 +68,59 @@ fn relative_errors(a: &Tensor, b: &Tensor) -> (f64, f64) {
     (diff / norm, max_diff / max_b)
 }
 
-fn real_weights_embedder(model: ModelKind, file: &str) -> Option<Embedder> {
+/// Both CPU implementations must meet every golden tolerance.
+const ENGINES: [Engine; 2] = [Engine::Fast, Engine::Candle];
+
+fn real_weights_embedder(model: ModelKind, file: &str, engine: Engine) -> Option<Embedder> {
     let weights = shared_file(&format!("models/{file}"))?;
     let mut config = EmbedderConfig::new(model);
     config.weights = Some(weights);
+    config.engine = engine;
     Some(Embedder::load(&config).unwrap())
 }
 
 #[test]
 fn mobilenet_v2_matches_reference_embedding_and_logits() {
-    let (Some(reference), Some(embedder)) = (
-        shared_file("models/reference_cat_224.safetensors"),
-        real_weights_embedder(
-            ModelKind::MobileNetV2,
-            "mobilenet_v2_torchvision_imagenet1k.safetensors",
-        ),
-    ) else {
-        return;
-    };
-    let reference = load(&reference);
-    let input = &reference["input"];
-    let embedding = embedder.embed_tensor(input).unwrap();
-    let diff = max_abs_diff(&embedding, &reference["mobilenet_v2.embedding"]);
-    assert!(diff <= 1e-3, "embedding max abs diff {diff}");
-    let logits = embedder.logits_tensor(input).unwrap();
-    let diff = max_abs_diff(&logits, &reference["mobilenet_v2.logits"]);
-    assert!(diff <= 1e-3, "logits max abs diff {diff}");
+    for engine in ENGINES {
+        let (Some(reference), Some(embedder)) = (
+            shared_file("models/reference_cat_224.safetensors"),
+            real_weights_embedder(
+                ModelKind::MobileNetV2,
+                "mobilenet_v2_torchvision_imagenet1k.safetensors",
+                engine,
+            ),
+        ) else {
+            return;
+        };
+        let reference = load(&reference);
+        let input = &reference["input"];
+        let embedding = embedder.embed_tensor(input).unwrap();
+        let diff = max_abs_diff(&embedding, &reference["mobilenet_v2.embedding"]);
+        assert!(diff <= 1e-3, "{engine}: embedding max abs diff {diff}");
+        let logits = embedder.logits_tensor(input).unwrap();
+        let diff = max_abs_diff(&logits, &reference["mobilenet_v2.logits"]);
+        assert!(diff <= 1e-3, "{engine}: logits max abs diff {diff}");
+    }
 }
 
 #[test]
 fn efficientnet_lite0_matches_reference_logits() {
-    let (Some(reference), Some(embedder)) = (
-        shared_file("models/reference_cat_224.safetensors"),
-        real_weights_embedder(
-            ModelKind::EfficientNetLite0,
-            "efficientnet_lite0_imagenet1k.safetensors",
-        ),
-    ) else {
-        return;
-    };
-    let reference = load(&reference);
-    let logits = embedder.logits_tensor(&reference["input"]).unwrap();
-    let diff = max_abs_diff(&logits, &reference["efficientnet_lite0.logits"]);
-    assert!(diff <= 1e-3, "logits max abs diff {diff}");
+    for engine in ENGINES {
+        let (Some(reference), Some(embedder)) = (
+            shared_file("models/reference_cat_224.safetensors"),
+            real_weights_embedder(
+                ModelKind::EfficientNetLite0,
+                "efficientnet_lite0_imagenet1k.safetensors",
+                engine,
+            ),
+        ) else {
+            return;
+        };
+        let reference = load(&reference);
+        let logits = embedder.logits_tensor(&reference["input"]).unwrap();
+        let diff = max_abs_diff(&logits, &reference["efficientnet_lite0.logits"]);
+        assert!(diff <= 1e-3, "{engine}: logits max abs diff {diff}");
+    }
 }
 
 #[test]
@@ -129,7 +139,7 @@ fn cat_bmp_through_torchvision_preprocessing_is_an_egyptian_cat() {
             "efficientnet_lite0_imagenet1k.safetensors",
         ),
     ] {
-        let Some(embedder) = real_weights_embedder(model, file) else {
+        let Some(embedder) = real_weights_embedder(model, file, Engine::Fast) else {
             return;
         };
         let top = embedder.classify(&image, 5).unwrap();
@@ -211,8 +221,18 @@ fn resnet50_with_synthetic_weights_matches_torchvision() {
         return;
     };
     let golden = load(&golden);
-    let embedder =
-        Embedder::with_synthetic_weights(&EmbedderConfig::new(ModelKind::ResNet50)).unwrap();
+    for engine in ENGINES {
+        let config = EmbedderConfig {
+            engine,
+            ..EmbedderConfig::new(ModelKind::ResNet50)
+        };
+        let embedder = Embedder::with_synthetic_weights(&config).unwrap();
+        resnet50_matches_golden(&embedder, &golden);
+    }
+}
+
+fn resnet50_matches_golden(embedder: &Embedder, golden: &HashMap<String, Tensor>) {
+    let engine = embedder.config().engine;
     for (case, shape, seed) in CASES {
         let input = golden_input(shape, seed);
         let map = embedder.feature_map(&input).unwrap();
@@ -222,17 +242,17 @@ fn resnet50_with_synthetic_weights_matches_torchvision() {
         let got_shape: Vec<i64> = map.dims().iter().map(|d| *d as i64).collect();
         assert_eq!(got_shape, want_shape, "{case} layer4 shape");
         if let Some(full) = golden.get(&format!("resnet50.layer4.{case}")) {
-            assert_close(&format!("resnet50 layer4 {case}"), &map, full);
+            assert_close(&format!("{engine} resnet50 layer4 {case}"), &map, full);
         }
         let pooled = embedder.embed_tensor(&input).unwrap();
         assert_close(
-            &format!("resnet50 pooled {case}"),
+            &format!("{engine} resnet50 pooled {case}"),
             &pooled,
             &golden[&format!("resnet50.pooled.{case}")],
         );
         let logits = embedder.logits_tensor(&input).unwrap();
         assert_close(
-            &format!("resnet50 logits {case}"),
+            &format!("{engine} resnet50 logits {case}"),
             &logits,
             &golden[&format!("resnet50.logits.{case}")],
         );

@@ -143,6 +143,7 @@ pub fn run(
                     pooling,
                     l2_normalize: config.l2_normalize,
                     device: config.device,
+                    engine: wtb_embed::Engine::default(),
                 })
                 .map_err(|source| EvalError::Embed {
                     source: Box::new(source),

@@ -7,6 +7,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::{BatchNorm, Conv2d, Conv2dConfig, Linear, Module, ModuleT, VarBuilder};
 
 pub(crate) mod efficientnet_lite0;
+pub(crate) mod fast;
 pub(crate) mod mobilenet_v2;
 pub(crate) mod resnet;
 pub(crate) mod vgg;
