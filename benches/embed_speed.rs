@@ -2,7 +2,11 @@
 //! the CPU, at batch 1 and 32.
 //!
 //! `cargo bench -p wtb-benches --bench embed_speed -- [--models a,b] [--batches 1,32]
-//! [--min-seconds S] [--json FILE] [--device cpu|cuda[:N]] [--parity]`
+//! [--engines fast,candle] [--min-seconds S] [--json FILE] [--device cpu|cuda[:N]] [--parity]`
+//!
+//! `--engines` picks the CPU implementations to time: `fast` (the fused kernels of
+//! `wtb-kernels`, the default of `wtb-embed`) and `candle` (stock candle ops). VGG16 has no fast
+//! plan, so it is timed once, as `candle`.
 //!
 //! `--parity` also embeds each batch on the CPU and fails unless the device's vectors are within
 //! relative L2 1e-3 of them (used by `benches/cuda_check.sh`; build with
@@ -18,11 +22,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use wtb_embed::candle_core::{Device, Tensor};
-use wtb_embed::{DeviceChoice, Embedder, EmbedderConfig, ModelKind};
+use wtb_embed::{DeviceChoice, Embedder, EmbedderConfig, Engine, ModelKind};
 
 struct Options {
     models: Vec<ModelKind>,
     batches: Vec<usize>,
+    engines: Vec<Engine>,
     min_seconds: f64,
     json: Option<PathBuf>,
     device: DeviceChoice,
@@ -33,6 +38,7 @@ fn parse_options() -> anyhow::Result<Options> {
     let mut options = Options {
         models: ModelKind::ALL.to_vec(),
         batches: vec![1, 32],
+        engines: vec![Engine::Fast, Engine::Candle],
         min_seconds: 3.0,
         json: None,
         device: DeviceChoice::Cpu,
@@ -54,6 +60,12 @@ fn parse_options() -> anyhow::Result<Options> {
                     .map(|b| b.parse().with_context(|| format!("batch {b:?}")))
                     .collect::<anyhow::Result<_>>()?;
             }
+            "--engines" => {
+                options.engines = value()?
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?;
+            }
             "--min-seconds" => options.min_seconds = value()?.parse().context("--min-seconds")?,
             "--json" => options.json = Some(PathBuf::from(value()?)),
             "--device" => options.device = value()?.parse()?,
@@ -73,9 +85,14 @@ fn shared_dir() -> PathBuf {
 }
 
 /// The embedder and a note saying which weights it runs.
-fn embedder(model: ModelKind, device: DeviceChoice) -> anyhow::Result<(Embedder, String)> {
+fn embedder(
+    model: ModelKind,
+    device: DeviceChoice,
+    engine: Engine,
+) -> anyhow::Result<(Embedder, String)> {
     let mut config = EmbedderConfig::new(model);
     config.device = device;
+    config.engine = engine;
     let shared = match model {
         ModelKind::MobileNetV2 => Some("mobilenet_v2_torchvision_imagenet1k.safetensors"),
         ModelKind::EfficientNetLite0 => Some("efficientnet_lite0_imagenet1k.safetensors"),
@@ -124,13 +141,20 @@ fn main() -> anyhow::Result<()> {
         "embed_speed: device {}, {threads} CPU threads, forward pass only (224x224 input)",
         options.device
     );
-    println!("| model | weights | batch | images/s | ms/image | runs |");
-    println!("|---|---|---:|---:|---:|---:|");
+    println!("| model | engine | weights | batch | images/s | ms/image | runs |");
+    println!("|---|---|---|---:|---:|---:|---:|");
     let mut results = Vec::new();
-    for &model in &options.models {
-        let (embedder, weights) = embedder(model, options.device)?;
+    let runs = options.models.iter().flat_map(|&model| {
+        options
+            .engines
+            .iter()
+            .filter(move |&&engine| !(model == ModelKind::Vgg16 && engine == Engine::Fast))
+            .map(move |&engine| (model, engine))
+    });
+    for (model, engine) in runs {
+        let (embedder, weights) = embedder(model, options.device, engine)?;
         let reference = if options.parity {
-            Some(self::embedder(model, DeviceChoice::Cpu)?.0)
+            Some(self::embedder(model, DeviceChoice::Cpu, Engine::Candle)?.0)
         } else {
             None
         };
@@ -170,13 +194,13 @@ fn main() -> anyhow::Result<()> {
             let median = times[times.len() / 2];
             let per_second = batch as f64 / median;
             println!(
-                "| {} | {weights} | {batch} | {per_second:.1} | {:.2} | {} |",
+                "| {} | {engine} | {weights} | {batch} | {per_second:.1} | {:.2} | {} |",
                 model.name(),
                 1000.0 * median / batch as f64,
                 times.len()
             );
             results.push(serde_json::json!({
-                "model": model.name(), "weights": weights, "batch": batch,
+                "model": model.name(), "engine": engine.name(), "weights": weights, "batch": batch,
                 "images_per_s": per_second, "median_s": median, "runs": times.len(),
             }));
         }

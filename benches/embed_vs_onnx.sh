@@ -3,9 +3,11 @@
 #
 # 1. Builds the MobileNetV2 feature-extractor ONNX graph from the same weights with
 #    shared/anchors/build_mnv2_onnx.py (it checks the graph against the golden embedding).
-# 2. Runs PASSES passes, each timing our MobileNetV2 (benches/embed_speed.rs) and then ONNX
-#    Runtime (benches/embed_onnx_time.py), at batch 1 and 32, interleaved.
-# 3. Times every model once for the table, then prints the medians and the ratio.
+# 2. Runs PASSES passes, each timing our MobileNetV2 (benches/embed_speed.rs, both engines:
+#    the fused `fast` kernels and stock `candle` ops) and then ONNX Runtime
+#    (benches/embed_onnx_time.py), at batch 1 and 32, interleaved.
+# 3. Times every model with both engines once, then prints per-pass figures, the medians and
+#    the ratios (fast / ORT, candle / ORT, fast / candle).
 #
 # Python packages live in a venv outside the repository ($WTB_ANCHORS_VENV, default
 # /tmp/wtb-anchors-venv; created with numpy, onnx, onnxruntime, safetensors when missing).
@@ -58,12 +60,38 @@ echo "== summary (median over $passes passes)"
 python3 - "$work" "$passes" <<'PY'
 import json, statistics, sys
 work, passes = sys.argv[1], int(sys.argv[2])
-def load(prefix):
-    rows = [r for p in range(1, passes + 1) for r in json.load(open(f"{work}/{prefix}_{p}.json"))]
-    return {b: statistics.median(r["images_per_s"] for r in rows if r["batch"] == b) for b in (1, 32)}
-ours, ort = load("ours"), load("ort")
-print("| batch | candle mobilenet_v2 img/s | ONNX Runtime img/s | candle / ORT |")
-print("|---:|---:|---:|---:|")
+def rows(prefix):
+    return [r for p in range(1, passes + 1) for r in json.load(open(f"{work}/{prefix}_{p}.json"))]
+def median(rows, batch, engine=None):
+    return statistics.median(r["images_per_s"] for r in rows
+                             if r["batch"] == batch and r.get("engine", engine) == engine)
+ours, ort = rows("ours"), rows("ort")
+print("MobileNetV2, per pass (images/s):")
+print("| pass | batch | fast | candle | ONNX Runtime | fast / ORT | candle / ORT |")
+print("|---:|---:|---:|---:|---:|---:|---:|")
+for p in range(1, passes + 1):
+    o = json.load(open(f"{work}/ours_{p}.json"))
+    r = json.load(open(f"{work}/ort_{p}.json"))
+    for b in (1, 32):
+        fast, candle, onnx = median(o, b, "fast"), median(o, b, "candle"), median(r, b)
+        print(f"| {p} | {b} | {fast:.1f} | {candle:.1f} | {onnx:.1f} | {fast / onnx:.2f} | {candle / onnx:.2f} |")
+print()
+print(f"MobileNetV2, median over {passes} passes (images/s):")
+print("| batch | fast | candle | ONNX Runtime | fast / ORT | candle / ORT |")
+print("|---:|---:|---:|---:|---:|---:|")
 for b in (1, 32):
-    print(f"| {b} | {ours[b]:.1f} | {ort[b]:.1f} | {ours[b] / ort[b]:.3f} ({ort[b] / ours[b]:.1f}x slower) |")
+    fast, candle, onnx = median(ours, b, "fast"), median(ours, b, "candle"), median(ort, b)
+    print(f"| {b} | {fast:.1f} | {candle:.1f} | {onnx:.1f} | {fast / onnx:.2f} | {candle / onnx:.2f} |")
+print()
+print("Every model, one run (images/s):")
+print("| model | weights | batch | fast | candle | fast / candle |")
+print("|---|---|---:|---:|---:|---:|")
+every = json.load(open(f"{work}/all.json"))
+for model in dict.fromkeys(r["model"] for r in every):
+    for b in (1, 32):
+        got = {r["engine"]: r for r in every if r["model"] == model and r["batch"] == b}
+        fast, candle = got.get("fast"), got["candle"]
+        ratio = f"{fast['images_per_s'] / candle['images_per_s']:.1f}x" if fast else "no fast plan"
+        fast_s = f"{fast['images_per_s']:.1f}" if fast else "-"
+        print(f"| {model} | {candle['weights']} | {b} | {fast_s} | {candle['images_per_s']:.1f} | {ratio} |")
 PY

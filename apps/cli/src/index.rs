@@ -1,16 +1,15 @@
 //! `wtb index build|add|remove|compact|info`: the searchable index of a shop's gallery.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand};
-use wtb_dataset::{photo_path, Category, Exclusions, Labels, PhotoId, ProductKey};
 use wtb_embed::{
-    DeviceChoice, Embedder, EmbedderConfig, EmbeddingMeta, ImageJob, ModelKind, Pooling, Preprocess,
+    DeviceChoice, Embedder, EmbedderConfig, EmbeddingMeta, ModelKind, Pooling, Preprocess,
 };
-use wtb_search::{Index, PhotoRecord, Precision, VectorSearch};
+use wtb_pipeline::{add_to_index, build_index, BuildOptions, BuildReport, Progress};
+use wtb_search::{Index, Precision, VectorSearch};
 
 use crate::progress;
 
@@ -223,120 +222,51 @@ pub(crate) fn embedder_for(
     Ok(embedder)
 }
 
-/// Distinct gallery photos with every product each one shows.
-fn gallery_photos(args: &GalleryArgs) -> anyhow::Result<BTreeMap<PhotoId, Vec<ProductKey>>> {
-    if args.batch == 0 {
-        bail!("--batch must be at least 1");
-    }
-    let labels = Labels::load(&args.labels)
-        .with_context(|| format!("reading labels in {}", args.labels.display()))?;
-    let categories = if args.categories.is_empty() {
-        None
-    } else {
-        let set: BTreeSet<Category> = args
-            .categories
-            .iter()
-            .map(|c| Category::new(c).with_context(|| format!("category {c:?}")))
-            .collect::<anyhow::Result<_>>()?;
-        for category in &set {
-            if labels.category(category).is_none() {
-                bail!(
-                    "no labels for category {category} in {}",
-                    args.labels.display()
-                );
-            }
+impl GalleryArgs {
+    /// The pipeline's build options for this gallery and index file.
+    fn options(&self, index: &Path) -> BuildOptions {
+        BuildOptions {
+            categories: self.categories.clone(),
+            exclusions: self.exclude.clone(),
+            batch_size: self.batch,
+            ..BuildOptions::new(&self.labels, &self.photos, index)
         }
-        Some(set)
-    };
-    let exclusions = match &args.exclude {
-        Some(path) => {
-            Some(Exclusions::load(path).with_context(|| format!("reading {}", path.display()))?)
-        }
-        None => None,
-    };
-    let gallery = labels.gallery(categories.as_ref(), exclusions.as_ref());
-    let mut photos: BTreeMap<PhotoId, Vec<ProductKey>> = BTreeMap::new();
-    for item in gallery.items {
-        photos.entry(item.photo).or_default().push(item.product);
     }
-    if photos.is_empty() {
-        bail!("the gallery is empty (check --labels, --categories and --exclude)");
-    }
-    Ok(photos)
 }
 
-/// Embeds `todo` (the photos of `photos` not indexed yet) in chunks, adding each chunk to
-/// `index` and calling `checkpoint` after it.
-/// Returns the photos skipped with their reasons.
-fn embed_into(
-    index: &mut Index,
-    embedder: &Embedder,
-    gallery: &GalleryArgs,
-    photos: &BTreeMap<PhotoId, Vec<ProductKey>>,
-    todo: &[PhotoId],
-    chunk: usize,
-    checkpoint: &mut dyn FnMut(&Index) -> anyhow::Result<()>,
-) -> anyhow::Result<Vec<(String, String)>> {
-    let already = photos.len().saturating_sub(todo.len());
-    let bar = progress::bar(photos.len() as u64, "indexing");
-    bar.set_position(already as u64);
-    let mut skipped = Vec::new();
-    let mut finished = already;
-    for part in todo.chunks(chunk.max(1)) {
-        let jobs: Vec<ImageJob> = part
-            .iter()
-            .map(|photo| ImageJob {
-                id: photo.0.to_string(),
-                path: photo_path(&gallery.photos, *photo),
-                crop: None,
-            })
-            .collect();
-        let outcome = embedder
-            .embed_jobs(&jobs, gallery.batch, &|done, _| {
-                bar.set_position((finished + done) as u64)
-            })
-            .context("embedding")?;
-        let mut records = Vec::new();
-        let mut vectors = Vec::new();
-        for (i, id) in outcome.ids.iter().enumerate() {
-            let photo: u64 = id.parse().with_context(|| format!("photo id {id}"))?;
-            let row = &outcome.vectors[i * outcome.dim..(i + 1) * outcome.dim];
-            // A photo showing several products is one row per product.
-            for product in photos
-                .get(&PhotoId(photo))
-                .map(Vec::as_slice)
-                .unwrap_or(&[])
-            {
-                records.push(PhotoRecord {
-                    category: product.category.as_str().to_string(),
-                    product: product.product.0,
-                    photo,
-                });
-                vectors.extend_from_slice(row);
-            }
-        }
-        index
-            .add(&records, &vectors)
-            .context("adding to the index")?;
-        skipped.extend(outcome.skipped);
-        finished += part.len();
-        checkpoint(index)?;
-    }
+/// Runs a pipeline build step under a progress bar.
+fn with_bar<T>(what: &str, work: impl FnOnce(Progress<'_>) -> T) -> T {
+    let bar = progress::bar(0, what);
+    let result = work(&|done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    });
     bar.finish_and_clear();
-    Ok(skipped)
+    result
 }
 
-fn report_skipped(skipped: &[(String, String)]) {
-    if !skipped.is_empty() {
-        println!("skipped {} photo(s):", skipped.len());
-        for (id, reason) in skipped {
-            println!("  {id}: {reason}");
+fn print_report(report: &BuildReport, index: &Path) {
+    println!(
+        "{}: {} photos of {} products ({} rows); embedded {} now, {} already there",
+        index.display(),
+        report.photos,
+        report.products,
+        report.rows,
+        report.embedded,
+        report.resumed
+    );
+    if report.excluded > 0 {
+        println!("left out {} excluded record(s)", report.excluded);
+    }
+    if !report.skipped.is_empty() {
+        println!("skipped {} photo(s):", report.skipped.len());
+        for (photo, reason) in &report.skipped {
+            println!("  {photo}: {reason}");
         }
     }
 }
 
 fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
-    let photos = gallery_photos(&args.gallery)?;
     let config = EmbedderConfig {
         model: args.model,
         weights: args.weights.clone(),
@@ -347,120 +277,41 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         engine: wtb_embed::Engine::default(),
     };
     let embedder = Embedder::load(&config).with_context(|| format!("loading {}", config.model))?;
-    let meta = embedder.meta().to_map();
-    let precision = if args.f16 {
-        Precision::F16
-    } else {
-        Precision::F32
+    let options = BuildOptions {
+        precision: if args.f16 {
+            Precision::F16
+        } else {
+            Precision::F32
+        },
+        approximate: args.hnsw,
+        checkpoint_every: args.checkpoint_every,
+        ..args.gallery.options(&args.out)
     };
-    let mut partial_name = args
-        .out
-        .file_name()
-        .context("--out has no file name")?
-        .to_os_string();
-    partial_name.push(".partial");
-    let partial = args.out.with_file_name(partial_name);
-    let mut index = if partial.exists() {
-        let index = Index::load(&partial, Some(&meta)).with_context(|| {
-            format!(
-                "resuming from {} (delete it to start over)",
-                partial.display()
-            )
-        })?;
-        if index.precision() != precision {
-            bail!(
-                "{} was started with {:?} storage; rerun with the same options or delete it",
-                partial.display(),
-                index.precision()
-            );
-        }
-        index
-    } else {
-        Index::new(embedder.meta().dim, precision, meta).context("creating the index")?
-    };
-    let done = index.live_photos();
-    let todo: Vec<PhotoId> = photos
-        .keys()
-        .filter(|p| !done.contains(&p.0))
-        .copied()
-        .collect();
-    let already = photos.len() - todo.len();
-    if already > 0 {
+    let checkpoint = options.checkpoint_path();
+    if checkpoint.exists() {
         println!(
-            "resuming: {already} of {} photos already embedded in {}",
-            photos.len(),
-            partial.display()
+            "resuming: the photos embedded so far are in {}",
+            checkpoint.display()
         );
     }
-    let skipped = embed_into(
-        &mut index,
-        &embedder,
-        &args.gallery,
-        &photos,
-        &todo,
-        args.checkpoint_every,
-        &mut |index| save(index, &partial),
-    )?;
-    index.compact().context("compacting")?;
-    if args.hnsw {
-        eprintln!("building the HNSW graph of {} photos...", index.len());
-        index
-            .build_approximate()
-            .context("building the HNSW graph")?;
-    }
-    save(&index, &args.out)?;
-    if partial.exists() {
-        std::fs::remove_file(&partial)
-            .with_context(|| format!("removing {}", partial.display()))?;
-    }
-    let info = index.info();
-    println!(
-        "indexed {} photos of {} products ({} rows) with {} into {}",
-        photos.len() - skipped.len(),
-        info.products,
-        info.photos,
-        args.model,
-        args.out.display()
-    );
-    report_skipped(&skipped);
+    let report = with_bar("indexing", |progress| {
+        build_index(&embedder, &options, progress)
+    })
+    .with_context(|| format!("building {}", args.out.display()))?;
+    print_report(&report, &args.out);
     Ok(ExitCode::SUCCESS)
 }
 
 fn add(args: AddArgs) -> anyhow::Result<ExitCode> {
-    let photos = gallery_photos(&args.gallery)?;
-    let mut index = load(&args.index)?;
+    let index = load(&args.index)?;
     let embedder = embedder_for(&index, args.weights.clone(), DeviceChoice::Cpu)?;
-    let done = index.live_photos();
-    let todo: Vec<PhotoId> = photos
-        .keys()
-        .filter(|p| !done.contains(&p.0))
-        .copied()
-        .collect();
-    if todo.is_empty() {
-        println!(
-            "nothing to add: every gallery photo is in {}",
-            args.index.display()
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
-    let before = index.len();
-    let skipped = embed_into(
-        &mut index,
-        &embedder,
-        &args.gallery,
-        &photos,
-        &todo,
-        todo.len(),
-        &mut |_| Ok(()),
-    )?;
-    save(&index, &args.index)?;
-    println!(
-        "added {} row(s) for {} new photo(s) to {}",
-        index.len() - before,
-        todo.len() - skipped.len(),
-        args.index.display()
-    );
-    report_skipped(&skipped);
+    drop(index);
+    let options = args.gallery.options(&args.index);
+    let report = with_bar("adding", |progress| {
+        add_to_index(&embedder, &options, progress)
+    })
+    .with_context(|| format!("adding to {}", args.index.display()))?;
+    print_report(&report, &args.index);
     Ok(ExitCode::SUCCESS)
 }
 

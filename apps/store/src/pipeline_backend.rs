@@ -310,11 +310,12 @@ pub fn load_backend(
     })?;
     if let Some(report) = built {
         tracing::info!(
-            indexed = report.indexed,
+            photos = report.photos,
+            products = report.products,
             resumed = report.resumed,
             skipped = report.skipped.len(),
             excluded = report.excluded,
-            shared = report.shared_photos.len(),
+            multi_product_photos = report.multi_product_photos,
             "index built"
         );
         for (photo, reason) in report.skipped.iter().take(20) {

@@ -1,10 +1,11 @@
-//! Building a catalogue index from label files and shop photos, resumable after interruption.
+//! Building and extending a catalogue index from label files and shop photos, resumable after
+//! interruption.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use wtb_dataset::{photo_path, Category, Exclusions, Labels, PhotoId, ProductKey};
-use wtb_embed::{load_embeddings, save_embeddings, Embedder, ImageJob};
+use wtb_embed::{Embedder, ImageJob};
 use wtb_search::{Index, PhotoRecord, Precision};
 
 use crate::PipelineError;
@@ -27,16 +28,15 @@ pub struct BuildOptions {
     pub batch_size: usize,
     /// Photos embedded between two checkpoints.
     pub checkpoint_every: usize,
-    /// Where partial work (an embeddings file) is saved; `None`: the index path with
-    /// `.partial` appended.
-    pub checkpoint: Option<PathBuf>,
     /// How vectors are stored.
     pub precision: Precision,
+    /// Also build the HNSW graph for approximate search (worth it from ~50,000 photos).
+    pub approximate: bool,
 }
 
 impl BuildOptions {
     /// Defaults for these folders and index file: every category, no exclusions, batches of
-    /// 32, a checkpoint every 512 photos beside the index, f32 storage.
+    /// 32, a checkpoint every 256 photos, f32 storage, exact search only.
     pub fn new(
         labels: impl Into<PathBuf>,
         photos: impl Into<PathBuf>,
@@ -49,36 +49,38 @@ impl BuildOptions {
             categories: Vec::new(),
             exclusions: None,
             batch_size: 32,
-            checkpoint_every: 512,
-            checkpoint: None,
+            checkpoint_every: 256,
             precision: Precision::F32,
+            approximate: false,
         }
     }
 
-    /// The checkpoint file actually used.
+    /// The checkpoint of an unfinished build: the index path with `.partial` appended, itself
+    /// an index file holding the photos embedded so far.
     pub fn checkpoint_path(&self) -> PathBuf {
-        self.checkpoint.clone().unwrap_or_else(|| {
-            let mut name = self.index.clone().into_os_string();
-            name.push(".partial");
-            PathBuf::from(name)
-        })
+        let mut name = self.index.clone().into_os_string();
+        name.push(".partial");
+        PathBuf::from(name)
     }
 }
 
-/// What a build did.
+/// What a build or an update did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BuildReport {
-    /// Photos in the written index.
-    pub indexed: usize,
-    /// Of those, photos taken from a checkpoint of an interrupted build.
+    /// Distinct photos in the written index.
+    pub photos: usize,
+    /// Rows in the written index: a photo that shows several products is one row per product.
+    pub rows: usize,
+    /// Distinct products in the written index.
+    pub products: usize,
+    /// Photos that were already in the index or its checkpoint (resumed or kept).
     pub resumed: usize,
     /// Photos embedded by this run.
     pub embedded: usize,
     /// Photos that could not be embedded (missing, corrupt...), with the reason.
     pub skipped: Vec<(u64, String)>,
-    /// Photos listed for more than one product: indexed under the first (category, product)
-    /// in sorted order, with the others listed here.
-    pub shared_photos: Vec<(u64, String)>,
+    /// Photos of the gallery listed for more than one product.
+    pub multi_product_photos: usize,
     /// Retrieval records left out by the exclusion list.
     pub excluded: usize,
 }
@@ -86,16 +88,18 @@ pub struct BuildReport {
 /// Progress of a build: photos done (including resumed ones) out of the total.
 pub type Progress<'a> = &'a dyn Fn(usize, usize);
 
-/// Builds the index of `options` with `embedder`: reads the labels, embeds every shop photo of
-/// the chosen categories (skipping and reporting those that fail), and writes the index file
-/// atomically. Partial work is checkpointed every `checkpoint_every` photos; a later call with
-/// the same options and model resumes from the checkpoint, and a checkpoint made with another
-/// model is ignored. `progress(done, total)` follows the photos.
-pub fn build_index(
-    embedder: &Embedder,
-    options: &BuildOptions,
-    progress: Progress<'_>,
-) -> Result<BuildReport, PipelineError> {
+/// The shop photos to index, each with every product it shows.
+struct GalleryPhotos {
+    photos: BTreeMap<PhotoId, Vec<ProductKey>>,
+    excluded: usize,
+}
+
+fn gallery_photos(options: &BuildOptions) -> Result<GalleryPhotos, PipelineError> {
+    if options.batch_size == 0 {
+        return Err(PipelineError::BadOption(
+            "the batch size must be at least 1".to_string(),
+        ));
+    }
     let labels = Labels::load(&options.labels).map_err(|problems| PipelineError::Labels {
         dir: options.labels.clone(),
         problems,
@@ -119,19 +123,11 @@ pub fn build_index(
         None => None,
     };
     let gallery = labels.gallery(categories.as_ref(), exclusions.as_ref());
-    let mut report = BuildReport {
-        excluded: gallery.excluded_records,
-        ..BuildReport::default()
-    };
-    let mut photos: BTreeMap<PhotoId, ProductKey> = BTreeMap::new();
+    let mut photos: BTreeMap<PhotoId, Vec<ProductKey>> = BTreeMap::new();
     for item in gallery.items {
-        match photos.entry(item.photo) {
-            std::collections::btree_map::Entry::Occupied(_) => report
-                .shared_photos
-                .push((item.photo.0, item.product.to_string())),
-            std::collections::btree_map::Entry::Vacant(slot) => {
-                slot.insert(item.product);
-            }
+        let products = photos.entry(item.photo).or_default();
+        if !products.contains(&item.product) {
+            products.push(item.product);
         }
     }
     if photos.is_empty() {
@@ -139,40 +135,141 @@ pub fn build_index(
             labels: options.labels.clone(),
         });
     }
+    Ok(GalleryPhotos {
+        photos,
+        excluded: gallery.excluded_records,
+    })
+}
 
-    let meta = embedder.meta().clone();
+/// Builds the index of `options` with `embedder`: reads the labels, embeds every shop photo of
+/// the chosen categories (skipping and reporting those that fail; a photo showing several
+/// products becomes one row per product), and writes the index file atomically.
+///
+/// Partial work is checkpointed every `checkpoint_every` photos in
+/// [`BuildOptions::checkpoint_path`]; a later call with the same options resumes from it, and
+/// a checkpoint made with another model, settings or precision is refused by name (delete it
+/// to start over). `progress(done, total)` follows the photos.
+pub fn build_index(
+    embedder: &Embedder,
+    options: &BuildOptions,
+    progress: Progress<'_>,
+) -> Result<BuildReport, PipelineError> {
+    let gallery = gallery_photos(options)?;
+    let meta = embedder.meta().to_map();
     let checkpoint = options.checkpoint_path();
-    // The checkpoint is an embeddings file: the photos done so far and their vectors. One made
-    // with another model, or a damaged one, is ignored and the work starts afresh.
-    let (mut ids, mut vectors) = match load_embeddings(&checkpoint, Some(&meta)) {
-        Ok((_, ids, vectors)) => (ids, vectors),
-        Err(_) => (Vec::new(), Vec::new()),
-    };
-    // Photos no longer in the gallery (e.g. newly excluded) must not survive from the checkpoint.
-    let dim = meta.dim;
-    let mut kept_ids = Vec::with_capacity(ids.len());
-    let mut kept_vectors = Vec::with_capacity(vectors.len());
-    let mut seen = BTreeSet::new();
-    for (id, vector) in ids.iter().zip(vectors.chunks_exact(dim)) {
-        let known = id
-            .parse::<u64>()
-            .is_ok_and(|photo| photos.contains_key(&PhotoId(photo)));
-        if known && seen.insert(id.clone()) {
-            kept_ids.push(id.clone());
-            kept_vectors.extend_from_slice(vector);
+    let mut index = if checkpoint.exists() {
+        let index =
+            Index::load(&checkpoint, Some(&meta)).map_err(|source| PipelineError::Checkpoint {
+                path: checkpoint.clone(),
+                reason: source.to_string(),
+            })?;
+        if index.precision() != options.precision {
+            return Err(PipelineError::Checkpoint {
+                path: checkpoint.clone(),
+                reason: format!(
+                    "it stores {:?} vectors, this build asks for {:?}",
+                    index.precision(),
+                    options.precision
+                ),
+            });
         }
+        index
+    } else {
+        Index::new(embedder.meta().dim, options.precision, meta)?
+    };
+    let mut report = extend(
+        &mut index,
+        embedder,
+        options,
+        &gallery,
+        &mut |index| index.save(&checkpoint),
+        progress,
+    )?;
+    index.compact()?;
+    if options.approximate {
+        index.build_approximate()?;
     }
-    (ids, vectors) = (kept_ids, kept_vectors);
-    let done: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
-    let total = photos.len();
+    index.save(&options.index)?;
+    // The finished index supersedes the checkpoint; a leftover one would only be resumed from.
+    let _ = std::fs::remove_file(&checkpoint);
+    report.excluded = gallery.excluded;
+    Ok(report)
+}
+
+/// Adds to the existing index of `options` the gallery photos it does not hold yet (new
+/// products, or photos skipped earlier), as a new segment, and rewrites it atomically. The
+/// index keeps its precision; its model and settings must be `embedder`'s.
+pub fn add_to_index(
+    embedder: &Embedder,
+    options: &BuildOptions,
+    progress: Progress<'_>,
+) -> Result<BuildReport, PipelineError> {
+    let gallery = gallery_photos(options)?;
+    let mut index = Index::load(&options.index, Some(&embedder.meta().to_map()))?;
+    let mut report = extend(
+        &mut index,
+        embedder,
+        options,
+        &gallery,
+        &mut |_| Ok(()),
+        progress,
+    )?;
+    if report.embedded > 0 {
+        if index.has_approximate() {
+            index.build_approximate()?;
+        }
+        index.save(&options.index)?;
+    }
+    report.excluded = gallery.excluded;
+    Ok(report)
+}
+
+/// Builds the index of `options` with [`build_index`] unless its file already exists.
+/// Returns the build report when it built.
+pub fn ensure_index(
+    embedder: &Embedder,
+    options: &BuildOptions,
+    progress: Progress<'_>,
+) -> Result<Option<BuildReport>, PipelineError> {
+    if options.index.exists() {
+        return Ok(None);
+    }
+    build_index(embedder, options, progress).map(Some)
+}
+
+/// Embeds the gallery photos `index` lacks, `checkpoint_every` at a time, adding each chunk
+/// as a segment and calling `checkpoint` after it. Rows of photos that left the gallery (newly
+/// excluded, say) are removed first.
+fn extend(
+    index: &mut Index,
+    embedder: &Embedder,
+    options: &BuildOptions,
+    gallery: &GalleryPhotos,
+    checkpoint: &mut dyn FnMut(&Index) -> Result<(), wtb_search::SearchError>,
+    progress: Progress<'_>,
+) -> Result<BuildReport, PipelineError> {
+    let photos = &gallery.photos;
+    let present = index.live_photos();
+    let gone: Vec<u64> = present
+        .iter()
+        .copied()
+        .filter(|photo| !photos.contains_key(&PhotoId(*photo)))
+        .collect();
+    if !gone.is_empty() {
+        index.remove_photos(&gone)?;
+    }
     let todo: Vec<PhotoId> = photos
         .keys()
-        .filter(|photo| !done.contains(photo.0.to_string().as_str()))
+        .filter(|photo| !present.contains(&photo.0))
         .copied()
         .collect();
-    report.resumed = total - todo.len();
+    let total = photos.len();
+    let mut report = BuildReport {
+        resumed: total - todo.len(),
+        multi_product_photos: photos.values().filter(|p| p.len() > 1).count(),
+        ..BuildReport::default()
+    };
     progress(report.resumed, total);
-
     for chunk in todo.chunks(options.checkpoint_every.max(1)) {
         let jobs: Vec<ImageJob> = chunk
             .iter()
@@ -186,19 +283,39 @@ pub fn build_index(
         let outcome = embedder.embed_jobs(&jobs, options.batch_size, &|done, _| {
             progress(base + done, total)
         })?;
+        let mut records = Vec::new();
+        let mut vectors = Vec::new();
+        for (id, vector) in outcome
+            .ids
+            .iter()
+            .zip(outcome.vectors.chunks_exact(outcome.dim))
+        {
+            // Ids are the photo ids the jobs were made from.
+            let photo: u64 = id.parse().unwrap_or_default();
+            for product in photos.get(&PhotoId(photo)).into_iter().flatten() {
+                records.push(PhotoRecord {
+                    category: product.category.to_string(),
+                    product: product.product.0,
+                    photo,
+                });
+                vectors.extend_from_slice(vector);
+            }
+        }
+        if !records.is_empty() {
+            index.add(&records, &vectors)?;
+        }
         report.embedded += outcome.ids.len();
-        ids.extend(outcome.ids);
-        vectors.extend_from_slice(&outcome.vectors);
         report.skipped.extend(
             outcome
                 .skipped
                 .into_iter()
-                .map(|(id, reason)| (id.parse().unwrap_or(0), reason)),
+                .map(|(id, reason)| (id.parse().unwrap_or_default(), reason)),
         );
-        save_embeddings(&checkpoint, &meta, &ids, &vectors, false)?;
+        checkpoint(index)?;
     }
-
-    if ids.is_empty() {
+    progress(total, total);
+    let info = index.info();
+    if info.photos == 0 {
         return Err(PipelineError::NothingEmbedded {
             photos: total,
             first: report
@@ -208,48 +325,10 @@ pub fn build_index(
                 .unwrap_or_default(),
         });
     }
-    let records: Vec<PhotoRecord> = ids
-        .iter()
-        .map(|id| {
-            let photo = id.parse::<u64>().unwrap_or(0);
-            let key = &photos[&PhotoId(photo)];
-            PhotoRecord {
-                category: key.category.to_string(),
-                product: key.product.0,
-                photo,
-            }
-        })
-        .collect();
-    let mut index = Index::new(dim, options.precision, meta.to_map())?;
-    index.add(&records, &vectors)?;
-    report.indexed = records.len();
-    // The vectors beside the index serve item-to-item searches without re-embedding.
-    save_embeddings(&vectors_path(&options.index), &meta, &ids, &vectors, false)?;
-    index.save(&options.index)?;
-    // The finished index supersedes the checkpoint; a leftover one would only be ignored.
-    let _ = std::fs::remove_file(&checkpoint);
+    report.photos = index.live_photos().len();
+    report.rows = info.photos;
+    report.products = info.products;
     Ok(report)
-}
-
-/// The file beside an index that holds its photos' vectors: the index path with `.vectors`
-/// appended (an embeddings file of `wtb-embed`).
-pub fn vectors_path(index: &Path) -> PathBuf {
-    let mut name = index.as_os_str().to_owned();
-    name.push(".vectors");
-    PathBuf::from(name)
-}
-
-/// Builds the index of `options` with [`build_index`] unless its file (and the vectors beside
-/// it) already exist. Returns the build report when it built.
-pub fn ensure_index(
-    embedder: &Embedder,
-    options: &BuildOptions,
-    progress: Progress<'_>,
-) -> Result<Option<BuildReport>, PipelineError> {
-    if options.index.exists() && vectors_path(&options.index).exists() {
-        return Ok(None);
-    }
-    build_index(embedder, options, progress).map(Some)
 }
 
 fn parse_categories(names: &[String]) -> Result<Option<BTreeSet<Category>>, PipelineError> {

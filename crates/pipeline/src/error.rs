@@ -62,15 +62,16 @@ pub enum PipelineError {
         /// Its id.
         product: u64,
     },
-    /// The product's vectors were not stored with the index (built by another tool), so
-    /// item-to-item search is not available for it.
-    #[error(
-        "no stored vectors for product {category}/{product}; rebuild the index with wtb-pipeline"
-    )]
-    NoStoredVectors {
-        /// Its category.
-        category: String,
-        /// Its id.
-        product: u64,
+    /// The checkpoint of an interrupted build cannot be resumed (another model, settings or
+    /// precision, or a damaged file).
+    #[error("checkpoint {path}: {reason}; delete it to start over")]
+    Checkpoint {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// Why it cannot be resumed.
+        reason: String,
     },
+    /// A build option out of range (a batch size of 0...).
+    #[error("build option: {0}")]
+    BadOption(String),
 }

@@ -3,10 +3,11 @@
 //! - [`build_index`] turns a street2shop label folder and its shop photos into an index file:
 //!   chosen categories, minus an exclusion list, embedded in batches with a progress callback,
 //!   checkpointed so an interrupted build resumes where it stopped. Photos that cannot be read
-//!   are skipped and reported ([`BuildReport`]). [`ensure_index`] builds only when needed.
+//!   are skipped and reported ([`BuildReport`]). [`ensure_index`] builds only when needed;
+//!   [`add_to_index`] embeds the gallery photos an index lacks.
 //! - [`QueryEngine`] answers a photo end to end: decode with pixel caps, crop the box, embed,
 //!   search, one hit per product ([`QueryEngine::search`]); and item-to-item searches from the
-//!   vectors stored beside the index, without re-embedding ([`QueryEngine::similar`]).
+//!   vectors stored in the index, without re-embedding ([`QueryEngine::similar`]).
 //!
 //! ```
 //! use wtb_embed::{Embedder, EmbedderConfig, ModelKind};
@@ -32,7 +33,7 @@
 //! let embedder = Embedder::with_synthetic_weights(&config)?;
 //! let options = BuildOptions::new(&labels, &photos, dir.path().join("shop.idx"));
 //! let report = build_index(&embedder, &options, &|_done, _total| {})?;
-//! assert_eq!((report.indexed, report.skipped.len()), (2, 0));
+//! assert_eq!((report.photos, report.products, report.skipped.len()), (2, 2, 0));
 //!
 //! // Query with the bytes of a catalogue photo: its own product comes first.
 //! let engine = QueryEngine::open(embedder, &options.index)?;
@@ -50,6 +51,6 @@ mod build;
 mod error;
 mod query;
 
-pub use build::{build_index, ensure_index, vectors_path, BuildOptions, BuildReport, Progress};
+pub use build::{add_to_index, build_index, ensure_index, BuildOptions, BuildReport, Progress};
 pub use error::PipelineError;
 pub use query::{similarity, PhotoQuery, QueryAnswer, QueryEngine, Timings};

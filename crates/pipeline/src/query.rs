@@ -1,12 +1,12 @@
 //! Answering a photo query end to end: decode (with caps) -> crop -> embed -> search.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Instant;
 
 use image::RgbImage;
 use wtb_dataset::{crop, decode_rgb, BBox, DecodeLimits};
-use wtb_embed::{load_embeddings, Embedder};
+use wtb_embed::Embedder;
 use wtb_search::{Filter, Index, Metric, ProductHit, SearchMode, SearchRequest, VectorSearch};
 
 use crate::PipelineError;
@@ -55,35 +55,21 @@ pub struct Timings {
 pub struct QueryEngine {
     embedder: Embedder,
     index: Index,
-    /// Row of each photo in `stored`, and the photos' vectors as built (row-major).
-    stored_rows: HashMap<u64, usize>,
-    stored: Vec<f32>,
     limits: DecodeLimits,
     metric: Metric,
     margin: f64,
 }
 
 impl QueryEngine {
-    /// Opens the index file written by [`build_index`](crate::build_index) and the vectors
-    /// beside it ([`vectors_path`](crate::vectors_path)), refusing files made with another
-    /// model or settings than `embedder`'s.
+    /// Opens the index file written by [`build_index`](crate::build_index), refusing one made
+    /// with another model or settings than `embedder`'s.
     pub fn open(embedder: Embedder, index_path: &Path) -> Result<QueryEngine, PipelineError> {
         let index = Index::load(index_path, Some(&embedder.meta().to_map()))?;
-        let (_, ids, vectors) =
-            load_embeddings(&crate::vectors_path(index_path), Some(embedder.meta()))?;
-        let mut engine = QueryEngine::new(embedder, index)?;
-        engine.stored_rows = ids
-            .iter()
-            .enumerate()
-            .filter_map(|(row, id)| Some((id.parse::<u64>().ok()?, row)))
-            .collect();
-        engine.stored = vectors;
-        Ok(engine)
+        QueryEngine::new(embedder, index)
     }
 
     /// An engine over `index`, which must have been built with `embedder`'s model and settings.
-    /// Defaults: [`DecodeLimits::default`], cosine metric, no margin around boxes. Without the
-    /// stored vectors of [`QueryEngine::open`], [`QueryEngine::similar`] is refused.
+    /// Defaults: [`DecodeLimits::default`], cosine metric, no margin around boxes.
     pub fn new(embedder: Embedder, index: Index) -> Result<QueryEngine, PipelineError> {
         let expected = embedder.meta().to_map();
         let differences: Vec<String> = expected
@@ -107,8 +93,6 @@ impl QueryEngine {
         Ok(QueryEngine {
             embedder,
             index,
-            stored_rows: HashMap::new(),
-            stored: Vec::new(),
             limits: DecodeLimits::default(),
             metric: Metric::Cosine,
             margin: 0.0,
@@ -205,30 +189,14 @@ impl QueryEngine {
         if k == 0 {
             return Err(PipelineError::BadQuery("k must be at least 1".to_string()));
         }
-        let photos: Vec<u64> = self
+        let queries: Vec<f32> = self
             .index
-            .records()
+            .product_vectors(category, product)
             .into_iter()
-            .filter(|r| r.category == category && r.product == product)
-            .map(|r| r.photo)
+            .flat_map(|(_, vector)| vector)
             .collect();
-        if photos.is_empty() {
-            return Err(PipelineError::UnknownProduct {
-                category: category.to_string(),
-                product,
-            });
-        }
-        let dim = self.index.dim();
-        let mut queries = Vec::with_capacity(photos.len() * dim);
-        for photo in &photos {
-            if let Some(&row) = self.stored_rows.get(photo) {
-                if let Some(vector) = self.stored.get(row * dim..(row + 1) * dim) {
-                    queries.extend_from_slice(vector);
-                }
-            }
-        }
         if queries.is_empty() {
-            return Err(PipelineError::NoStoredVectors {
+            return Err(PipelineError::UnknownProduct {
                 category: category.to_string(),
                 product,
             });

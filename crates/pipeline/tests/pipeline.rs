@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use wtb_dataset::BBox;
 use wtb_embed::{Embedder, EmbedderConfig, ModelKind, Pooling};
 use wtb_pipeline::{
-    build_index, vectors_path, BuildOptions, PhotoQuery, PipelineError, QueryEngine,
+    add_to_index, build_index, BuildOptions, PhotoQuery, PipelineError, QueryEngine,
 };
-use wtb_search::VectorSearch;
+use wtb_search::{Index, VectorSearch};
 
 /// A catalogue of `n` products with one distinct photo each (bags), plus `extra` label records
 /// whose photo files are missing or corrupt.
@@ -72,7 +72,7 @@ fn an_interrupted_build_resumes_and_equals_a_fresh_one() {
 
     let report = build_index(&embedder, &options, &|_, _| {}).unwrap();
     assert_eq!(report.resumed, 4);
-    assert_eq!(report.indexed, 9);
+    assert_eq!(report.photos, 9);
     assert_eq!(report.embedded, 5);
     let mut skipped: Vec<u64> = report.skipped.iter().map(|(p, _)| *p).collect();
     skipped.sort();
@@ -86,28 +86,62 @@ fn an_interrupted_build_resumes_and_equals_a_fresh_one() {
     fresh.index = dir.path().join("fresh.idx");
     let fresh_report = build_index(&embedder, &fresh, &|_, _| {}).unwrap();
     assert_eq!(fresh_report.resumed, 0);
-    let resumed_vectors = wtb_embed::load_embeddings(&vectors_path(&options.index), None).unwrap();
-    let fresh_vectors = wtb_embed::load_embeddings(&vectors_path(&fresh.index), None).unwrap();
-    let sorted = |(_, ids, vectors): (wtb_embed::EmbeddingMeta, Vec<String>, Vec<f32>)| {
-        let dim = vectors.len() / ids.len();
-        let mut rows: Vec<(String, Vec<f32>)> = ids
-            .into_iter()
-            .zip(vectors.chunks(dim).map(<[f32]>::to_vec))
-            .collect();
-        rows.sort_by(|a, b| a.0.cmp(&b.0));
-        rows
-    };
-    let (a, b) = (sorted(resumed_vectors), sorted(fresh_vectors));
-    assert_eq!(a.len(), b.len());
-    for ((id_a, va), (id_b, vb)) in a.iter().zip(&b) {
-        assert_eq!(id_a, id_b);
-        let diff = va
-            .iter()
-            .zip(vb)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0f32, f32::max);
-        assert!(diff < 1e-4, "photo {id_a} differs by {diff}");
+    let resumed = Index::load(&options.index, None).unwrap();
+    let fresh = Index::load(&fresh.index, None).unwrap();
+    let mut records = resumed.records();
+    records.sort_by_key(|r| r.photo);
+    let mut fresh_records = fresh.records();
+    fresh_records.sort_by_key(|r| r.photo);
+    assert_eq!(records, fresh_records);
+    for record in &records {
+        let a = resumed.product_vectors(&record.category, record.product);
+        let b = fresh.product_vectors(&record.category, record.product);
+        assert_eq!(a.len(), b.len());
+        for ((photo_a, va), (photo_b, vb)) in a.iter().zip(&b) {
+            assert_eq!(photo_a, photo_b);
+            let diff = va
+                .iter()
+                .zip(vb)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max);
+            assert!(diff < 1e-4, "photo {photo_a} differs by {diff}");
+        }
     }
+}
+
+#[test]
+fn a_photo_of_several_products_is_a_row_per_product_and_add_fills_gaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let (labels, photos) = catalogue(dir.path(), 4);
+    // Photo 2 also shows a hat; photo 4 is not there yet.
+    std::fs::write(
+        labels.join("retrieval_hats.json"),
+        r#"[{"photo": 2, "product": 700}]"#,
+    )
+    .unwrap();
+    let photo_4 = photos.join("4.jpg");
+    let moved = dir.path().join("4.jpg");
+    std::fs::rename(&photo_4, &moved).unwrap();
+    let embedder = embedder();
+    let options = BuildOptions::new(&labels, &photos, dir.path().join("shop.idx"));
+    let report = build_index(&embedder, &options, &|_, _| {}).unwrap();
+    assert_eq!((report.photos, report.rows), (3, 4));
+    assert_eq!(report.multi_product_photos, 1);
+    let skipped: Vec<u64> = report.skipped.iter().map(|(p, _)| *p).collect();
+    assert_eq!(skipped.len(), 3, "{skipped:?}"); // 4, 900, 901
+    let index = Index::load(&options.index, None).unwrap();
+    let hat = index.product_vectors("hats", 700);
+    let bag = index.product_vectors("bags", 102);
+    assert_eq!((hat.len(), bag.len()), (1, 1));
+    assert_eq!(hat[0], bag[0]);
+
+    // The photo arrives: `add_to_index` embeds it and only it.
+    std::fs::rename(&moved, &photo_4).unwrap();
+    let added = add_to_index(&embedder, &options, &|_, _| {}).unwrap();
+    assert_eq!((added.embedded, added.resumed), (1, 3));
+    assert_eq!((added.photos, added.rows), (4, 5));
+    let index = Index::load(&options.index, None).unwrap();
+    assert_eq!(index.product_vectors("bags", 104).len(), 1);
 }
 
 #[test]

@@ -426,6 +426,27 @@ impl Index {
             .collect()
     }
 
+    /// The stored vectors of a product's live photos, as `(photo, vector)` in row order, for
+    /// item-to-item search without re-embedding. With f16 storage the values are the rounded
+    /// ones. Empty when the index holds no such product.
+    pub fn product_vectors(&self, category: &str, product: u64) -> Vec<(u64, Vec<f32>)> {
+        let Some(category_id) = self.categories.iter().position(|c| c == category) else {
+            return Vec::new();
+        };
+        let mut buf = Vec::new();
+        (0..self.photos.len())
+            .filter(|&row| {
+                !self.deleted[row]
+                    && self.products[row] == product
+                    && self.category_ids[row] as usize == category_id
+            })
+            .filter_map(|row| {
+                let (segment, local) = self.locate(row)?;
+                Some((self.photos[row], segment.row_f32(local, &mut buf).to_vec()))
+            })
+            .collect()
+    }
+
     fn record(&self, row: usize) -> PhotoRecord {
         PhotoRecord {
             category: self.categories[self.category_ids[row] as usize].clone(),

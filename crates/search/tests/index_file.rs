@@ -301,3 +301,25 @@ fn hnsw_is_kept_in_step_through_add_remove_compact_reload() {
     };
     assert!(reloaded.search(&vectors[..dim], &manhattan).is_err());
 }
+
+#[test]
+fn product_vectors_come_back_from_every_segment_but_not_once_deleted() {
+    let mut index = Index::new(DIM, Precision::F32, meta()).unwrap();
+    let (records, vectors) = photos(0..40);
+    index.add(&records, &vectors).unwrap();
+    let (records, vectors) = photos(40..80);
+    index.add(&records, &vectors).unwrap();
+    let want = |photos: &[u64]| -> Vec<(u64, Vec<f32>)> {
+        photos.iter().map(|&p| (p, vector(p))).collect()
+    };
+    // Product 9 (photos 36..40, every third a bag) ends the first segment.
+    assert_eq!(index.product_vectors("hats", 9), want(&[37, 38]));
+    assert_eq!(index.product_vectors("bags", 9), want(&[36, 39]));
+    // Product 10 (photos 40..44) is in the second segment.
+    assert_eq!(index.product_vectors("hats", 10), want(&[40, 41, 43]));
+    assert_eq!(index.product_vectors("bags", 10), want(&[42]));
+    index.remove_photos(&[41]).unwrap();
+    assert_eq!(index.product_vectors("hats", 10), want(&[40, 43]));
+    assert!(index.product_vectors("shoes", 10).is_empty());
+    assert!(index.product_vectors("hats", 999).is_empty());
+}
