@@ -79,6 +79,7 @@ async fn search(
         k: form.k.unwrap_or(DEFAULT_K),
         category: form.category,
         metric: form.metric,
+        want_crop: false,
     };
     let outcome = state.search(query).await?;
     Ok(HttpResponse::Ok().json(SearchAnswer {

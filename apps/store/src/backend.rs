@@ -30,6 +30,9 @@ pub struct SearchQuery {
     pub category: Option<String>,
     /// The distance metric by name; `None` uses the index's own.
     pub metric: Option<String>,
+    /// Whether the outcome carries the searched region as a JPEG thumbnail (the results page
+    /// shows it; the JSON API does not, and saves the encoding).
+    pub want_crop: bool,
 }
 
 /// One product found by a search.
@@ -52,8 +55,9 @@ pub struct Hit {
 pub struct SearchOutcome {
     /// The best distinct products, best first.
     pub hits: Vec<Hit>,
-    /// The region that was searched, as a JPEG, to show back to the shopper.
-    pub query_crop_jpeg: Vec<u8>,
+    /// The region that was searched, as a JPEG thumbnail to show back to the shopper, when
+    /// [`SearchQuery::want_crop`] asked for it.
+    pub query_crop_jpeg: Option<Vec<u8>>,
     /// Time spent decoding, embedding and searching, in milliseconds.
     pub inference_ms: f64,
 }

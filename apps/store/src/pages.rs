@@ -128,9 +128,12 @@ async fn search(
         k: form.k.unwrap_or(RESULTS_ON_PAGE),
         category: form.category.clone(),
         metric: form.metric,
+        want_crop: true,
     };
     let outcome = state.search(query).await?;
-    let crop = base64::engine::general_purpose::STANDARD.encode(&outcome.query_crop_jpeg);
+    let crop = outcome
+        .query_crop_jpeg
+        .map(|jpeg| base64::engine::general_purpose::STANDARD.encode(jpeg));
     Ok(html(render(
         "results.html",
         context! {

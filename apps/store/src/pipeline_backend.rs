@@ -225,7 +225,11 @@ impl Backend for PipelineBackend {
             .map_err(backend_error)?;
         let timings = answer.timings;
         Ok(SearchOutcome {
-            query_crop_jpeg: encode_crop(&answer.crop)?,
+            query_crop_jpeg: if query.want_crop {
+                Some(encode_crop(&answer.crop)?)
+            } else {
+                None
+            },
             hits: answer
                 .hits
                 .into_iter()

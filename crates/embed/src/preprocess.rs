@@ -92,22 +92,32 @@ fn resize(image: &RgbImage, width: u32, height: u32) -> Result<RgbImage, String>
         let line = &src[y * in_w * 3..(y + 1) * in_w * 3];
         for (x, out) in row.chunks_exact_mut(3).enumerate() {
             let (start, weights) = horizontal.weights(x);
-            for (c, value) in out.iter_mut().enumerate() {
-                let sum = weights.iter().enumerate().fold(ROUNDING, |acc, (k, w)| {
-                    acc + line[(start + k) * 3 + c] as i64 * w
-                });
-                *value = clip8(sum);
+            let taps = &line[start * 3..(start + weights.len()) * 3];
+            let mut sum = [ROUNDING; 3];
+            for (pixel, &w) in taps.chunks_exact(3).zip(weights) {
+                sum[0] += pixel[0] as i32 * w;
+                sum[1] += pixel[1] as i32 * w;
+                sum[2] += pixel[2] as i32 * w;
             }
+            out[0] = clip8(sum[0]);
+            out[1] = clip8(sum[1]);
+            out[2] = clip8(sum[2]);
         }
     }
+    // Whole rows at a time, so that the compiler vectorises the multiply-adds.
     let mut out = vec![0u8; width * height * 3];
+    let mut sums = vec![0i32; width * 3];
     for (y, row) in out.chunks_exact_mut(width * 3).enumerate() {
         let (start, weights) = vertical.weights(y);
         let start = start - first_row;
-        for (i, value) in row.iter_mut().enumerate() {
-            let sum = weights.iter().enumerate().fold(ROUNDING, |acc, (k, w)| {
-                acc + rows[(start + k) * width * 3 + i] as i64 * w
-            });
+        sums.fill(ROUNDING);
+        for (k, &w) in weights.iter().enumerate() {
+            let source = &rows[(start + k) * width * 3..(start + k + 1) * width * 3];
+            for (sum, &value) in sums.iter_mut().zip(source) {
+                *sum += value as i32 * w;
+            }
+        }
+        for (value, &sum) in row.iter_mut().zip(&sums) {
             *value = clip8(sum);
         }
     }
@@ -115,18 +125,19 @@ fn resize(image: &RgbImage, width: u32, height: u32) -> Result<RgbImage, String>
         .ok_or_else(|| "resize buffer size".to_string())
 }
 
-/// Pillow's fixed-point precision for 8-bit resampling.
+/// Pillow's fixed-point precision for 8-bit resampling; its sums are 32-bit integers too, and
+/// cannot overflow: the weights of one output pixel add up to about `1 << PRECISION_BITS`.
 const PRECISION_BITS: u32 = 32 - 8 - 2;
-const ROUNDING: i64 = 1 << (PRECISION_BITS - 1);
+const ROUNDING: i32 = 1 << (PRECISION_BITS - 1);
 
-fn clip8(sum: i64) -> u8 {
+fn clip8(sum: i32) -> u8 {
     (sum >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
 /// The per-output-pixel source window and fixed-point weights of one resampling axis.
 struct Filter {
     bounds: Vec<(usize, usize)>,
-    weights: Vec<i64>,
+    weights: Vec<i32>,
     size: usize,
 }
 
@@ -137,7 +148,7 @@ impl Filter {
         let support = filter_scale; // the triangle filter's support is 1
         let size = support.ceil() as usize * 2 + 1;
         let mut bounds = Vec::with_capacity(out_size);
-        let mut weights = vec![0i64; out_size * size];
+        let mut weights = vec![0i32; out_size * size];
         for (xx, kk) in weights.chunks_exact_mut(size).enumerate() {
             let center = (xx as f64 + 0.5) * scale;
             let ss = 1.0 / filter_scale;
@@ -153,7 +164,7 @@ impl Filter {
             for (slot, w) in kk.iter_mut().zip(&k) {
                 let w = if total != 0.0 { w / total } else { *w };
                 let rounding = if w < 0.0 { -0.5 } else { 0.5 };
-                *slot = (w * (1i64 << PRECISION_BITS) as f64 + rounding) as i64;
+                *slot = (w * (1i32 << PRECISION_BITS) as f64 + rounding) as i32;
             }
             bounds.push((xmin, xmax));
         }
@@ -164,7 +175,7 @@ impl Filter {
         }
     }
 
-    fn weights(&self, out: usize) -> (usize, &[i64]) {
+    fn weights(&self, out: usize) -> (usize, &[i32]) {
         let (start, len) = self.bounds[out];
         (start, &self.weights[out * self.size..out * self.size + len])
     }
