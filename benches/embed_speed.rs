@@ -78,11 +78,7 @@ fn parse_options() -> anyhow::Result<Options> {
     Ok(options)
 }
 
-fn shared_dir() -> PathBuf {
-    std::env::var_os("WTB_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared")))
-}
+use wtb_testdata::shared_dir;
 
 /// The embedder and a note saying which weights it runs.
 fn embedder(

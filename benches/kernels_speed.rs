@@ -58,11 +58,7 @@ fn parse_args() -> Result<Args> {
     Ok(a)
 }
 
-fn shared_dir() -> PathBuf {
-    std::env::var_os("WTB_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared")))
-}
+use wtb_testdata::shared_dir;
 
 /// Deterministic pseudo-normalised input `[n, 3, h, w]` in about [-2, 2].
 fn input(n: usize, h: usize, w: usize) -> Result<Tensor> {

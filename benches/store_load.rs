@@ -11,7 +11,7 @@
 //!
 //! `cargo bench -p wtb-benches --bench store_load`
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -99,20 +99,12 @@ fn main() -> anyhow::Result<()> {
     let seconds = env_usize("WTB_LOAD_SECONDS", 30)?.max(1);
     let max_requests = env_usize("WTB_LOAD_MAX_REQUESTS", 20_000)?.max(1);
     let workers = env_usize("WTB_LOAD_WORKERS", 1)?.max(1);
-    let shared = std::env::var_os("WTB_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared")));
-    let data = shared.join("data/s2s-dev");
-    let weights = shared.join("models/mobilenet_v2_torchvision_imagenet1k.safetensors");
-    for needed in [&data, &weights] {
-        if !needed.exists() {
-            eprintln!(
-                "skipping: {} not found (set WTB_SHARED_DIR)",
-                needed.display()
-            );
-            return Ok(());
-        }
-    }
+    let Some([data, weights]) = wtb_testdata::shared_paths([
+        "data/s2s-dev",
+        "models/mobilenet_v2_torchvision_imagenet1k.safetensors",
+    ]) else {
+        return Ok(());
+    };
 
     let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("wtb-store-bench");
     std::fs::create_dir_all(&cache)?;

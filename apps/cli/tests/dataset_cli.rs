@@ -7,20 +7,8 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-fn shared_dir() -> PathBuf {
-    std::env::var_os("WTB_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared")))
-}
-
 fn data(name: &str) -> Option<PathBuf> {
-    let dir = shared_dir().join("data").join(name);
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        eprintln!("skipping: {} not found (set WTB_SHARED_DIR)", dir.display());
-        None
-    }
+    wtb_testdata::shared_path(&format!("data/{name}"))
 }
 
 fn wtb(args: &[&str]) -> Output {

@@ -1,23 +1,8 @@
 //! End-to-end tests of `wtb models`, `wtb classify` and `wtb embed`.
 
-use std::path::PathBuf;
 use std::process::Command;
 
-fn shared_file(relative: &str) -> Option<PathBuf> {
-    let root = std::env::var_os("WTB_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared")));
-    let path = root.join(relative);
-    if path.is_file() {
-        Some(path)
-    } else {
-        eprintln!(
-            "skipping: {} not found (set WTB_SHARED_DIR)",
-            path.display()
-        );
-        None
-    }
-}
+use wtb_testdata::shared_path as shared_file;
 
 /// A 24-bit BMP of `width` × `height` with pixel (x, y) = `color(x, y)`, encoded by hand so
 /// that the test needs no image encoder.

@@ -3,25 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn shared_dir() -> PathBuf {
-    std::env::var_os("WTB_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared")))
-}
-
-/// The shared paths the tests need, or `None` (with a message) when one is missing.
-fn need(paths: &[PathBuf]) -> bool {
-    for path in paths {
-        if !path.exists() {
-            eprintln!(
-                "skipping: {} not found (set WTB_SHARED_DIR)",
-                path.display()
-            );
-            return false;
-        }
-    }
-    true
-}
+use wtb_testdata::{present as need, shared_dir};
 
 fn wtb(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_wtb"))

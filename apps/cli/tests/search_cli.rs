@@ -6,33 +6,15 @@ use std::time::{Duration, Instant};
 
 const CATEGORIES: &str = "belts,eyewear";
 
-fn shared_dir() -> PathBuf {
-    std::env::var_os("WTB_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared")))
-}
-
 /// (labels, photos, weights, truth.csv), or None after printing why the test is skipped.
 fn inputs() -> Option<(PathBuf, PathBuf, PathBuf, PathBuf)> {
-    let shared = shared_dir();
-    let data = shared.join("data/s2s-dev");
-    let needed = [
-        data.join("labels"),
-        data.join("photos_resized"),
-        shared.join("models/mobilenet_v2_torchvision_imagenet1k.safetensors"),
-        data.join("truth.csv"),
-    ];
-    for path in &needed {
-        if !path.exists() {
-            eprintln!(
-                "skipping: {} not found (set WTB_SHARED_DIR)",
-                path.display()
-            );
-            return None;
-        }
-    }
-    let [a, b, c, d] = needed;
-    Some((a, b, c, d))
+    let [labels, photos, weights, truth] = wtb_testdata::shared_paths([
+        "data/s2s-dev/labels",
+        "data/s2s-dev/photos_resized",
+        "models/mobilenet_v2_torchvision_imagenet1k.safetensors",
+        "data/s2s-dev/truth.csv",
+    ])?;
+    Some((labels, photos, weights, truth))
 }
 
 fn wtb() -> Command {

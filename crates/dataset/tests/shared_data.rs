@@ -7,21 +7,8 @@ use std::path::PathBuf;
 
 use wtb_dataset::*;
 
-fn shared_dir() -> PathBuf {
-    match std::env::var_os("WTB_SHARED_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"),
-    }
-}
-
 fn data(name: &str) -> Option<PathBuf> {
-    let dir = shared_dir().join("data").join(name);
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        eprintln!("skipped: {} is absent (set WTB_SHARED_DIR)", dir.display());
-        None
-    }
+    wtb_testdata::shared_path(&format!("data/{name}"))
 }
 
 /// The per-category table of `../shared/README.md`: train records, test records, unique street

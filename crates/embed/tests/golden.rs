@@ -3,28 +3,14 @@
 //! Each skips with a message when the reference files are absent.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use wtb_embed::{
     imagenet_class_name, Embedder, EmbedderConfig, Engine, ModelKind, IMAGENET_MEAN, IMAGENET_STD,
 };
 
-fn shared_file(relative: &str) -> Option<PathBuf> {
-    let root = std::env::var_os("WTB_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared")));
-    let path = root.join(relative);
-    if path.is_file() {
-        Some(path)
-    } else {
-        eprintln!(
-            "skipping: {} not found (set WTB_SHARED_DIR)",
-            path.display()
-        );
-        None
-    }
-}
+use wtb_testdata::shared_path as shared_file;
 
 fn load(path: &Path) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(path, &Device::Cpu).unwrap()

@@ -2,27 +2,13 @@
 //! checked against the torchvision MobileNetV2 safetensors of `shared/models`.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use candle_core::{Device, Tensor};
 use wtb_embed::{EmbedError, Embedder, EmbedderConfig, ModelKind};
 
-fn shared_file(relative: &str) -> Option<PathBuf> {
-    let root = std::env::var_os("WTB_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared")));
-    let path = root.join(relative);
-    if path.is_file() {
-        Some(path)
-    } else {
-        eprintln!(
-            "skipping: {} not found (set WTB_SHARED_DIR)",
-            path.display()
-        );
-        None
-    }
-}
+use wtb_testdata::shared_path as shared_file;
 
 const MOBILENET: &str = "models/mobilenet_v2_torchvision_imagenet1k.safetensors";
 

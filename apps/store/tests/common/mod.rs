@@ -15,27 +15,15 @@ use wtb_store::{load_backend, start, CatalogueConfig, Readiness, RunningStore, S
 /// Categories indexed by the tests: small ones, so the first run builds the index quickly.
 pub const TEST_CATEGORIES: [&str; 5] = ["bags", "belts", "eyewear", "hats", "pants"];
 
-/// Where the shared reference data is.
-pub fn shared_dir() -> PathBuf {
-    std::env::var_os("WTB_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared")))
-}
+pub use wtb_testdata::shared_dir;
 
 /// The s2s-dev folder, or `None` (with a skip message) when the data is missing.
 pub fn s2s_dev() -> Option<PathBuf> {
-    let dir = shared_dir().join("data/s2s-dev");
-    let weights = shared_dir().join("models/mobilenet_v2_torchvision_imagenet1k.safetensors");
-    for needed in [&dir, &weights] {
-        if !needed.exists() {
-            eprintln!(
-                "skipping: {} not found (set WTB_SHARED_DIR)",
-                needed.display()
-            );
-            return None;
-        }
-    }
-    Some(dir)
+    wtb_testdata::shared_paths([
+        "data/s2s-dev",
+        "models/mobilenet_v2_torchvision_imagenet1k.safetensors",
+    ])
+    .map(|[dir, _]| dir)
 }
 
 /// A running store and the data behind it.

@@ -3,27 +3,11 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-/// `WTB_SHARED_DIR`, or `../shared` beside the workspace.
-pub fn shared_dir() -> PathBuf {
-    std::env::var_os("WTB_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared")))
-}
-
-/// The shared file, or None after printing the skip message.
-pub fn shared_file(rel: &str) -> Option<PathBuf> {
-    let p = shared_dir().join(rel);
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!("skipping: {} not found (set WTB_SHARED_DIR)", p.display());
-        None
-    }
-}
+pub use wtb_testdata::shared_path as shared_file;
 
 pub fn load(path: &Path) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(path, &Device::Cpu).unwrap()
