@@ -18,11 +18,9 @@ pub const DEFAULT_K: usize = 12;
 pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/api/v1")
-            .app_data(
-                web::QueryConfig::default().error_handler(|err, _| {
-                    ApiError(StoreError::bad_request(err.to_string())).into()
-                }),
-            )
+            .app_data(web::QueryConfig::default().error_handler(|err, _| {
+                ApiError::from(StoreError::bad_request(err.to_string())).into()
+            }))
             .route("/search", web::post().to(search))
             .route("/categories", web::get().to(categories))
             .route("/products/{category}/{product}", web::get().to(product))

@@ -1,7 +1,7 @@
 //! Errors answered to clients: JSON `{error, detail}` on the API, a friendly page elsewhere.
 
 use actix_web::http::{header, StatusCode};
-use actix_web::{HttpResponse, ResponseError};
+use actix_web::{HttpResponse, HttpResponseBuilder, ResponseError};
 
 use crate::backend::BackendError;
 use crate::pool::PoolError;
@@ -91,65 +91,73 @@ impl From<PoolError> for StoreError {
     }
 }
 
-/// A [`StoreError`] answered as JSON `{error, detail}` (API routes).
+/// How a route answers an error: JSON for the API, an HTML page for the shop's pages.
+pub trait ErrorFormat: std::fmt::Debug + 'static {
+    /// Finishes `response` (status and headers already set) with the body for `err`.
+    fn body(err: &StoreError, response: HttpResponseBuilder) -> HttpResponse;
+}
+
+/// JSON `{error, detail}` (API routes).
 #[derive(Debug)]
-pub struct ApiError(pub StoreError);
+pub struct Json;
 
-impl<E: Into<StoreError>> From<E> for ApiError {
-    fn from(err: E) -> ApiError {
-        ApiError(err.into())
+impl ErrorFormat for Json {
+    fn body(err: &StoreError, mut response: HttpResponseBuilder) -> HttpResponse {
+        response.json(serde_json::json!({ "error": err.code, "detail": err.detail }))
     }
 }
 
-impl std::fmt::Display for ApiError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.0.code, self.0.detail)
-    }
-}
-
-impl ResponseError for ApiError {
-    fn status_code(&self) -> StatusCode {
-        self.0.status
-    }
-
-    fn error_response(&self) -> HttpResponse {
-        let mut response = HttpResponse::build(self.0.status);
-        if let Some(seconds) = self.0.retry_after() {
-            response.insert_header((header::RETRY_AFTER, seconds.to_string()));
-        }
-        response.json(serde_json::json!({ "error": self.0.code, "detail": self.0.detail }))
-    }
-}
-
-/// A [`StoreError`] answered as a friendly HTML page (page routes).
+/// A friendly HTML page (page routes).
 #[derive(Debug)]
-pub struct PageError(pub StoreError);
+pub struct Html;
 
-impl<E: Into<StoreError>> From<E> for PageError {
-    fn from(err: E) -> PageError {
-        PageError(err.into())
-    }
-}
-
-impl std::fmt::Display for PageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.0.code, self.0.detail)
-    }
-}
-
-impl ResponseError for PageError {
-    fn status_code(&self) -> StatusCode {
-        self.0.status
-    }
-
-    fn error_response(&self) -> HttpResponse {
-        let mut response = HttpResponse::build(self.0.status);
-        if let Some(seconds) = self.0.retry_after() {
-            response.insert_header((header::RETRY_AFTER, seconds.to_string()));
-        }
+impl ErrorFormat for Html {
+    fn body(err: &StoreError, mut response: HttpResponseBuilder) -> HttpResponse {
         response
             .content_type("text/html; charset=utf-8")
-            .body(crate::pages::render_error(&self.0))
+            .body(crate::pages::render_error(err))
+    }
+}
+
+/// A [`StoreError`] with the format its route answers in.
+#[derive(Debug)]
+pub struct Answered<F: ErrorFormat> {
+    /// The error.
+    pub error: StoreError,
+    format: std::marker::PhantomData<F>,
+}
+
+/// An error of an API route, answered as JSON.
+pub type ApiError = Answered<Json>;
+/// An error of a page route, answered as an HTML page.
+pub type PageError = Answered<Html>;
+
+impl<F: ErrorFormat, E: Into<StoreError>> From<E> for Answered<F> {
+    fn from(err: E) -> Self {
+        Answered {
+            error: err.into(),
+            format: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<F: ErrorFormat> std::fmt::Display for Answered<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.error.code, self.error.detail)
+    }
+}
+
+impl<F: ErrorFormat> ResponseError for Answered<F> {
+    fn status_code(&self) -> StatusCode {
+        self.error.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.error.status);
+        if let Some(seconds) = self.error.retry_after() {
+            response.insert_header((header::RETRY_AFTER, seconds.to_string()));
+        }
+        F::body(&self.error, response)
     }
 }
 
@@ -179,7 +187,7 @@ mod tests {
 
     #[test]
     fn api_errors_are_json_with_retry_after_when_busy() {
-        let response = ApiError(StoreError::from(PoolError::Busy {
+        let response = ApiError::from(StoreError::from(PoolError::Busy {
             workers: 1,
             queued: 4,
         }))

@@ -289,9 +289,9 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
 async fn not_found(req: HttpRequest) -> actix_web::Result<HttpResponse> {
     let err = StoreError::not_found(format!("there is nothing at {}", req.path()));
     if req.path().starts_with("/api/") {
-        Err(ApiError(err).into())
+        Err(ApiError::from(err).into())
     } else {
-        Err(PageError(err).into())
+        Err(PageError::from(err).into())
     }
 }
 

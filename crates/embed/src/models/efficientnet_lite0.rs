@@ -4,7 +4,9 @@
 use candle_core::{Result, Tensor};
 use candle_nn::{Linear, Module, VarBuilder};
 
-use super::{optional_linear, Act, Backbone, ConvBn, ConvSpec};
+use super::{
+    optional_linear, Act, Backbone, BlockNames, BlockSpec, ConvBn, ConvSpec, InvertedResidual,
+};
 
 const EPS: f64 = 1e-3;
 /// (repeats, kernel, first stride, expansion, in channels, out channels) of EfficientNet-B0.
@@ -18,78 +20,18 @@ const STAGES: [(usize, usize, usize, usize, usize, usize); 7] = [
     (1, 3, 1, 6, 192, 320),
 ];
 
-#[derive(Debug, Clone)]
-struct MbConv {
-    expand: Option<ConvBn>,
-    depthwise: ConvBn,
-    project: ConvBn,
-    residual: bool,
-}
-
-impl MbConv {
-    fn new(
-        cin: usize,
-        cout: usize,
-        kernel: usize,
-        stride: usize,
-        expansion: usize,
-        vb: VarBuilder,
-    ) -> Result<Self> {
-        let hidden = cin * expansion;
-        let expand = if expansion == 1 {
-            None
-        } else {
-            Some(ConvBn::new(
-                ConvSpec::new(cin, hidden, 1, 1),
-                EPS,
-                Act::Relu6,
-                vb.pp("_expand_conv"),
-                vb.pp("_bn0"),
-            )?)
-        };
-        let depthwise = ConvBn::new(
-            ConvSpec::depthwise(hidden, kernel, stride),
-            EPS,
-            Act::Relu6,
-            vb.pp("_depthwise_conv"),
-            vb.pp("_bn1"),
-        )?;
-        let project = ConvBn::new(
-            ConvSpec::new(hidden, cout, 1, 1),
-            EPS,
-            Act::None,
-            vb.pp("_project_conv"),
-            vb.pp("_bn2"),
-        )?;
-        Ok(MbConv {
-            expand,
-            depthwise,
-            project,
-            residual: stride == 1 && cin == cout,
-        })
-    }
-}
-
-impl Module for MbConv {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut y = match &self.expand {
-            Some(expand) => expand.forward(x)?,
-            None => x.clone(),
-        };
-        y = self.depthwise.forward(&y)?;
-        y = self.project.forward(&y)?;
-        if self.residual {
-            y = (y + x)?;
-        }
-        Ok(y)
-    }
-}
+/// The lukemelas names of an MBConv block's layers.
+const MBCONV_NAMES: BlockNames<'static> = BlockNames {
+    expand: Some(("_expand_conv", "_bn0")),
+    depthwise: ("_depthwise_conv", "_bn1"),
+    project: ("_project_conv", "_bn2"),
+};
 
 /// EfficientNet-Lite0 feature extractor: the head output (1280 channels, after ReLU6).
 #[derive(Debug, Clone)]
 pub(crate) struct EfficientNetLite0 {
     stem: ConvBn,
-    blocks: Vec<MbConv>,
+    blocks: Vec<InvertedResidual>,
     head: ConvBn,
     classifier: Option<Linear>,
 }
@@ -109,12 +51,17 @@ impl EfficientNetLite0 {
             for i in 0..repeats {
                 let (block_in, block_stride) = if i == 0 { (cin, stride) } else { (cout, 1) };
                 let index = blocks.len();
-                blocks.push(MbConv::new(
-                    block_in,
+                let spec = BlockSpec {
+                    cin: block_in,
                     cout,
                     kernel,
-                    block_stride,
+                    stride: block_stride,
                     expansion,
+                    eps: EPS,
+                };
+                blocks.push(InvertedResidual::new(
+                    spec,
+                    MBCONV_NAMES,
                     blocks_vb.pp(index),
                 )?);
             }

@@ -3,7 +3,9 @@
 use candle_core::{Result, Tensor};
 use candle_nn::{Linear, Module, VarBuilder};
 
-use super::{optional_linear, Act, Backbone, ConvBn, ConvSpec};
+use super::{
+    optional_linear, Act, Backbone, BlockNames, BlockSpec, ConvBn, ConvSpec, InvertedResidual,
+};
 
 const EPS: f64 = 1e-5;
 /// (expansion t, out channels c, repeats n, first stride s), as in the paper and torchvision.
@@ -17,81 +19,18 @@ pub(crate) const STAGES: [(usize, usize, usize, usize); 7] = [
     (6, 320, 1, 1),
 ];
 
-#[derive(Debug, Clone)]
-struct InvertedResidual {
-    expand: Option<ConvBn>,
-    depthwise: ConvBn,
-    project: ConvBn,
-    residual: bool,
-}
-
-impl InvertedResidual {
-    fn new(cin: usize, cout: usize, stride: usize, t: usize, vb: VarBuilder) -> Result<Self> {
-        let hidden = cin * t;
-        let vb = vb.pp("conv");
-        let (expand, depthwise, project) = if t == 1 {
-            let depthwise = ConvBn::new(
-                ConvSpec::depthwise(hidden, 3, stride),
-                EPS,
-                Act::Relu6,
-                vb.pp("0.0"),
-                vb.pp("0.1"),
-            )?;
-            let project = ConvBn::new(
-                ConvSpec::new(hidden, cout, 1, 1),
-                EPS,
-                Act::None,
-                vb.pp("1"),
-                vb.pp("2"),
-            )?;
-            (None, depthwise, project)
-        } else {
-            let expand = ConvBn::new(
-                ConvSpec::new(cin, hidden, 1, 1),
-                EPS,
-                Act::Relu6,
-                vb.pp("0.0"),
-                vb.pp("0.1"),
-            )?;
-            let depthwise = ConvBn::new(
-                ConvSpec::depthwise(hidden, 3, stride),
-                EPS,
-                Act::Relu6,
-                vb.pp("1.0"),
-                vb.pp("1.1"),
-            )?;
-            let project = ConvBn::new(
-                ConvSpec::new(hidden, cout, 1, 1),
-                EPS,
-                Act::None,
-                vb.pp("2"),
-                vb.pp("3"),
-            )?;
-            (Some(expand), depthwise, project)
-        };
-        Ok(InvertedResidual {
-            expand,
-            depthwise,
-            project,
-            residual: stride == 1 && cin == cout,
-        })
-    }
-}
-
-impl Module for InvertedResidual {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut y = match &self.expand {
-            Some(expand) => expand.forward(x)?,
-            None => x.clone(),
-        };
-        y = self.depthwise.forward(&y)?;
-        y = self.project.forward(&y)?;
-        if self.residual {
-            y = (y + x)?;
-        }
-        Ok(y)
-    }
-}
+/// The torchvision names of a block's layers, below `features.<i>.conv`: the first block does
+/// not expand, so its layers sit one index lower.
+const EXPANDING_BLOCK: BlockNames<'static> = BlockNames {
+    expand: Some(("0.0", "0.1")),
+    depthwise: ("1.0", "1.1"),
+    project: ("2", "3"),
+};
+const NON_EXPANDING_BLOCK: BlockNames<'static> = BlockNames {
+    expand: None,
+    depthwise: ("0.0", "0.1"),
+    project: ("1", "2"),
+};
 
 /// MobileNetV2 feature extractor: the output of `features` (1280 channels, after ReLU6).
 #[derive(Debug, Clone)]
@@ -118,12 +57,23 @@ impl MobileNetV2 {
         for (t, c, n, s) in STAGES {
             for i in 0..n {
                 let stride = if i == 0 { s } else { 1 };
-                blocks.push(InvertedResidual::new(
+                let spec = BlockSpec {
                     cin,
-                    c,
+                    cout: c,
+                    kernel: 3,
                     stride,
-                    t,
-                    features.pp(index),
+                    expansion: t,
+                    eps: EPS,
+                };
+                let names = if t == 1 {
+                    NON_EXPANDING_BLOCK
+                } else {
+                    EXPANDING_BLOCK
+                };
+                blocks.push(InvertedResidual::new(
+                    spec,
+                    names,
+                    features.pp(index).pp("conv"),
                 )?);
                 cin = c;
                 index += 1;

@@ -112,6 +112,84 @@ impl Module for ConvBn {
     }
 }
 
+/// The (convolution, batch norm) weight prefixes of an inverted residual block's layers.
+pub(crate) struct BlockNames<'a> {
+    /// The 1×1 expansion, absent when the block does not expand.
+    pub expand: Option<(&'a str, &'a str)>,
+    pub depthwise: (&'a str, &'a str),
+    pub project: (&'a str, &'a str),
+}
+
+/// Geometry of an inverted residual block.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BlockSpec {
+    pub cin: usize,
+    pub cout: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub expansion: usize,
+    pub eps: f64,
+}
+
+/// MobileNetV2's inverted residual, which is also EfficientNet-Lite's MBConv (no
+/// squeeze-excite): 1×1 expansion + ReLU6, depthwise k×k + ReLU6, linear 1×1 projection, and
+/// the identity shortcut when the shape is kept.
+#[derive(Debug, Clone)]
+pub(crate) struct InvertedResidual {
+    expand: Option<ConvBn>,
+    depthwise: ConvBn,
+    project: ConvBn,
+    residual: bool,
+}
+
+impl InvertedResidual {
+    pub(crate) fn new(spec: BlockSpec, names: BlockNames, vb: VarBuilder) -> Result<Self> {
+        let hidden = spec.cin * spec.expansion;
+        let layer = |conv: ConvSpec, act, (weights, bn): (&str, &str)| {
+            ConvBn::new(conv, spec.eps, act, vb.pp(weights), vb.pp(bn))
+        };
+        let expand = match names.expand {
+            Some(expand) if spec.expansion != 1 => Some(layer(
+                ConvSpec::new(spec.cin, hidden, 1, 1),
+                Act::Relu6,
+                expand,
+            )?),
+            _ => None,
+        };
+        let depthwise = layer(
+            ConvSpec::depthwise(hidden, spec.kernel, spec.stride),
+            Act::Relu6,
+            names.depthwise,
+        )?;
+        let project = layer(
+            ConvSpec::new(hidden, spec.cout, 1, 1),
+            Act::None,
+            names.project,
+        )?;
+        Ok(InvertedResidual {
+            expand,
+            depthwise,
+            project,
+            residual: spec.stride == 1 && spec.cin == spec.cout,
+        })
+    }
+}
+
+impl Module for InvertedResidual {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut y = match &self.expand {
+            Some(expand) => expand.forward(x)?,
+            None => x.clone(),
+        };
+        y = self.depthwise.forward(&y)?;
+        y = self.project.forward(&y)?;
+        if self.residual {
+            y = (y + x)?;
+        }
+        Ok(y)
+    }
+}
+
 /// The classifier head when the checkpoint has it; a missing head is not an error (embedding
 /// does not need it), but a misshapen one is.
 pub(crate) fn optional_linear(cin: usize, cout: usize, vb: VarBuilder) -> Result<Option<Linear>> {
