@@ -177,6 +177,9 @@ pub fn build_index(
     } else {
         Index::new(embedder.meta().dim, options.precision, meta)?
     };
+    // A checkpoint may hold photos that have since left the gallery (newly excluded, or
+    // another category selection): the build defines the index, so they go.
+    prune(&mut index, &gallery)?;
     let mut report = extend(
         &mut index,
         embedder,
@@ -197,8 +200,9 @@ pub fn build_index(
 }
 
 /// Adds to the existing index of `options` the gallery photos it does not hold yet (new
-/// products, or photos skipped earlier), as a new segment, and rewrites it atomically. The
-/// index keeps its precision; its model and settings must be `embedder`'s.
+/// products, or photos skipped earlier), as a new segment, and rewrites it atomically. Photos
+/// of the index outside this gallery stay (adding one category keeps the others). The index
+/// keeps its precision; its model and settings must be `embedder`'s.
 pub fn add_to_index(
     embedder: &Embedder,
     options: &BuildOptions,
@@ -237,9 +241,21 @@ pub fn ensure_index(
     build_index(embedder, options, progress).map(Some)
 }
 
+/// Removes the rows of photos that are not in the gallery.
+fn prune(index: &mut Index, gallery: &GalleryPhotos) -> Result<(), PipelineError> {
+    let gone: Vec<u64> = index
+        .live_photos()
+        .into_iter()
+        .filter(|photo| !gallery.photos.contains_key(&PhotoId(*photo)))
+        .collect();
+    if !gone.is_empty() {
+        index.remove_photos(&gone)?;
+    }
+    Ok(())
+}
+
 /// Embeds the gallery photos `index` lacks, `checkpoint_every` at a time, adding each chunk
-/// as a segment and calling `checkpoint` after it. Rows of photos that left the gallery (newly
-/// excluded, say) are removed first.
+/// as a segment and calling `checkpoint` after it.
 fn extend(
     index: &mut Index,
     embedder: &Embedder,
@@ -250,14 +266,6 @@ fn extend(
 ) -> Result<BuildReport, PipelineError> {
     let photos = &gallery.photos;
     let present = index.live_photos();
-    let gone: Vec<u64> = present
-        .iter()
-        .copied()
-        .filter(|photo| !photos.contains_key(&PhotoId(*photo)))
-        .collect();
-    if !gone.is_empty() {
-        index.remove_photos(&gone)?;
-    }
     let todo: Vec<PhotoId> = photos
         .keys()
         .filter(|photo| !present.contains(&photo.0))

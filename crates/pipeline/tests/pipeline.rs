@@ -142,6 +142,14 @@ fn a_photo_of_several_products_is_a_row_per_product_and_add_fills_gaps() {
     assert_eq!((added.photos, added.rows), (4, 5));
     let index = Index::load(&options.index, None).unwrap();
     assert_eq!(index.product_vectors("bags", 104).len(), 1);
+
+    // Adding one category's photos leaves the other categories alone.
+    let hats_only = BuildOptions {
+        categories: vec!["hats".into()],
+        ..options.clone()
+    };
+    let added = add_to_index(&embedder, &hats_only, &|_, _| {}).unwrap();
+    assert_eq!((added.embedded, added.photos, added.rows), (0, 4, 5));
 }
 
 #[test]
