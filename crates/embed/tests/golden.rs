@@ -3,56 +3,15 @@
 //! Each skips with a message when the reference files are absent.
 
 use std::collections::HashMap;
-use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use wtb_embed::{
     imagenet_class_name, Embedder, EmbedderConfig, Engine, ModelKind, IMAGENET_MEAN, IMAGENET_STD,
 };
 
 use wtb_testdata::shared_path as shared_file;
 
-fn load(path: &Path) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
-}
-
-fn values(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims());
-    values(a)
-        .iter()
-        .zip(values(b))
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
-}
-
-/// ‖a−b‖/‖b‖ and max|a−b|/max|b|.
-fn relative_errors(a: &Tensor, b: &Tensor) -> (f64, f64) {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    let (a, b) = (values(a), values(b));
-    let diff: f64 = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).powi(2))
-        .sum::<f64>()
-        .sqrt();
-    let norm: f64 = b.iter().map(|y| y * y).sum::<f64>().sqrt();
-    let max_diff = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max);
-    let max_b = b.iter().map(|y| y.abs()).fold(0.0, f64::max);
-    (diff / norm, max_diff / max_b)
-}
+use wtb_testdata::tensors::{load, max_abs_diff, rel_l2, rel_max};
 
 /// Both CPU implementations must meet every golden tolerance.
 const ENGINES: [Engine; 2] = [Engine::Fast, Engine::Candle];
@@ -154,7 +113,7 @@ fn torchvision_preprocessing_reproduces_the_reference_input() {
     .unwrap();
     let ours = Tensor::from_vec(ours, (1, 3, 224, 224), &Device::Cpu).unwrap();
     let reference = load(&reference);
-    let (rel_l2, _) = relative_errors(&ours, &reference["input"]);
+    let rel_l2 = rel_l2(&ours, &reference["input"]);
     // The resize is bit-exact with Pillow's, so only float rounding of the normalisation remains.
     eprintln!("preprocessing vs reference input: relative L2 {rel_l2:.2e}");
     assert!(rel_l2 < 1e-6, "relative L2 {rel_l2}");
@@ -194,7 +153,7 @@ const CASES: [Case; 3] = [
 ];
 
 fn assert_close(what: &str, ours: &Tensor, golden: &Tensor) {
-    let (rel_l2, rel_max) = relative_errors(ours, golden);
+    let (rel_l2, rel_max) = (rel_l2(ours, golden), rel_max(ours, golden));
     assert!(
         rel_l2 <= 1e-4 && rel_max <= 1e-4,
         "{what}: relative L2 {rel_l2:.2e}, relative max {rel_max:.2e}"

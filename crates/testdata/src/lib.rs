@@ -3,7 +3,8 @@
 //!
 //! The folder is `$WTB_SHARED_DIR`, or `shared` beside the project root. A test asks for the
 //! paths it needs; when one is missing it gets `None` and the reason is printed, so that the
-//! test can skip as it would on a fresh user machine.
+//! test can skip as it would on a fresh user machine. [`tensors`] compares model outputs with
+//! the golden files.
 //!
 //! ```
 //! // A path that no shared folder holds: the test skips, and says why.
@@ -16,6 +17,8 @@
 //! ```
 
 use std::path::PathBuf;
+
+pub mod tensors;
 
 /// The shared reference folder: `$WTB_SHARED_DIR`, or `shared` beside the project root.
 pub fn shared_dir() -> PathBuf {

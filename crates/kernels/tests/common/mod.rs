@@ -1,50 +1,14 @@
 //! Helpers shared by the integration tests: locating ../shared, comparing tensors,
 //! deterministic random values and the synthetic-weight recipe of shared/golden/README.md.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
 pub use wtb_testdata::shared_path as shared_file;
-
-pub fn load(path: &Path) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
-}
-
-fn f64s(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    f64s(a)
-        .iter()
-        .zip(f64s(b))
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
-}
-
-/// ‖a − b‖ / ‖b‖.
-pub fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    let (a, b) = (f64s(a), f64s(b));
-    let num: f64 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
-    let den: f64 = b.iter().map(|y| y * y).sum();
-    (num / den.max(f64::MIN_POSITIVE)).sqrt()
-}
-
-/// max|a − b| / max|b|.
-pub fn rel_max(a: &Tensor, b: &Tensor) -> f64 {
-    let peak = f64s(b).iter().map(|v| v.abs()).fold(0.0, f64::max);
-    max_abs_diff(a, b) / peak.max(f64::MIN_POSITIVE)
-}
+pub use wtb_testdata::tensors::{load, max_abs_diff, rel_l2, rel_max};
 
 /// SplitMix64 stream of `[0, 1)` values (top 24 bits), the golden recipe's generator.
 pub fn stream_u(name: &str, seed: u64, n: usize) -> Vec<f64> {
