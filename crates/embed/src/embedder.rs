@@ -72,9 +72,9 @@ impl Embedder {
             }
             _ => None,
         };
-        let backbone: Box<dyn Backbone> = match (fast, config.model) {
-            (Some(fast), _) => Box::new(fast.map_err(EmbedError::model(name))?),
-            (None, model) => match model {
+        let backbone: Box<dyn Backbone> = match fast {
+            Some(fast) => Box::new(fast.map_err(EmbedError::model(name))?),
+            None => match config.model {
                 ModelKind::MobileNetV2 => Box::new(
                     models::mobilenet_v2::MobileNetV2::new(vb).map_err(EmbedError::model(name))?,
                 ),
