@@ -28,6 +28,7 @@ struct Args {
     quick: bool,
     profile: bool,
     skip_stock: bool,
+    ab_gemm: usize,
 }
 
 fn parse_args() -> Result<Args> {
@@ -39,6 +40,7 @@ fn parse_args() -> Result<Args> {
         quick: false,
         profile: false,
         skip_stock: false,
+        ab_gemm: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -51,6 +53,7 @@ fn parse_args() -> Result<Args> {
             "--quick" => a.quick = true,
             "--profile" => a.profile = true,
             "--skip-stock" => a.skip_stock = true,
+            "--ab-gemm" => a.ab_gemm = value("--ab-gemm")?.parse()?,
             "--bench" => {} // passed by `cargo bench`
             other => bail!("unknown argument {other}"),
         }
@@ -213,6 +216,40 @@ fn resnet50_vb(names_shapes: &Path) -> Result<VarBuilder<'static>> {
     Ok(VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu))
 }
 
+/// `--ab-gemm ROUNDS`: the own AVX-512 GEMM vs the portable `gemm`-crate path on the
+/// MobileNetV2 plan, interleaved in one process; time of the 1×1 convolutions and in total.
+fn ab_gemm(plan: &Plan, rounds: usize) -> Result<()> {
+    use wtb_kernels::{kernels::force_portable_gemm, Stage};
+    println!("## GEMM A/B: own AVX-512 micro-kernel vs gemm crate (MobileNetV2, ms per run)\n");
+    println!("| round | batch | path | 1x1 conv | dense conv | total |");
+    println!("|---|---|---|---|---|---|");
+    for round in 1..=rounds {
+        for batch in [1usize, 32] {
+            let x = input(batch, 224, 224)?;
+            for (portable, label) in [(false, "own"), (true, "gemm crate")] {
+                force_portable_gemm(portable);
+                plan.features(&x)?;
+                let p = plan.profile(&x, if batch == 1 { 30 } else { 3 })?;
+                let stage = |s: Stage| {
+                    p.stages
+                        .iter()
+                        .filter(|(st, _, _)| *st == s)
+                        .map(|(_, d, _)| d.as_secs_f64() * 1e3 / p.runs as f64)
+                        .sum::<f64>()
+                };
+                println!(
+                    "| {round} | {batch} | {label} | {:.3} | {:.3} | {:.3} |",
+                    stage(Stage::Pointwise),
+                    stage(Stage::Dense),
+                    p.per_run().as_secs_f64() * 1e3
+                );
+            }
+        }
+    }
+    force_portable_gemm(false);
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args = parse_args()?;
     let shared = shared_dir();
@@ -237,6 +274,10 @@ fn main() -> Result<()> {
     let mnv2 = Plan::mobilenet_v2(load_vb(&mnv2_path)?)?;
     let gflop = 2.0 * mnv2.macs_per_image(224, 224).context("macs")? as f64 / 1e9;
     println!("MobileNetV2 features: {gflop:.4} GFLOP per image (224x224)\n");
+
+    if args.ab_gemm > 0 {
+        return ab_gemm(&mnv2, args.ab_gemm);
+    }
 
     // 1. MobileNetV2 fast plan vs ONNX Runtime, interleaved per pass and batch.
     println!("## MobileNetV2: fast plan vs ONNX Runtime (median img/s per pass)\n");

@@ -11,6 +11,8 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use crate::error::{KernelError, Result};
+pub use crate::matmul::{force_portable_gemm, PackedWeights};
+use crate::matmul::{gemm_block, Block, NR};
 
 /// The activation fused into a kernel's output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -226,7 +228,6 @@ mod x86 {
             }
         };
     }
-    versions!(epilogue_row(row: &mut [f32], bias: &[f32], act: Activation));
     versions!(depthwise_row(input: &[f32], dims: Nhwc, win: Window, weights: &[f32], bias: &[f32], act: Activation, oy: usize, out_row: &mut [f32]));
     versions!(max_pool_row(input: &[f32], dims: Nhwc, win: Window, oy: usize, out_row: &mut [f32]));
 }
@@ -240,63 +241,42 @@ fn fmadd<const FMA: bool>(acc: f32, a: f32, b: f32) -> f32 {
     }
 }
 
-/// `row = act(row + bias)`.
-#[inline(always)]
-fn epilogue_row<const FMA: bool>(row: &mut [f32], bias: &[f32], act: Activation) {
-    match act {
-        Activation::Identity => row.iter_mut().zip(bias).for_each(|(v, b)| *v += b),
-        Activation::Relu => row
-            .iter_mut()
-            .zip(bias)
-            .for_each(|(v, b)| *v = (*v + b).max(0.0)),
-        Activation::Relu6 => row
-            .iter_mut()
-            .zip(bias)
-            .for_each(|(v, b)| *v = (*v + b).clamp(0.0, 6.0)),
-    }
-}
-
-fn epilogue(row: &mut [f32], bias: &[f32], act: Activation) {
-    dispatch!(epilogue_row(row, bias, act))
-}
-
-/// A raw output pointer shared by tasks that write disjoint tiles.
+/// A raw output pointer shared by tasks that write disjoint blocks.
 #[derive(Clone, Copy)]
 struct SharedOut(*mut f32);
-// SAFETY: every task writes a tile that no other task touches (see `gemm_tasks`).
+// SAFETY: every task writes a block that no other task touches (see `blocks`).
 unsafe impl Send for SharedOut {}
 // SAFETY: as above.
 unsafe impl Sync for SharedOut {}
 
-/// One tile of the output matrix: rows `r0..r1`, columns `c0..c1`.
-#[derive(Clone, Copy, Debug)]
-struct Tile {
-    r0: usize,
-    r1: usize,
-    c0: usize,
-    c1: usize,
+impl SharedOut {
+    /// A method, so closures capture the whole (Sync) wrapper rather than its raw field.
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
 }
 
 /// Splits an `m × n` output among the rayon threads: by rows while there are enough of
-/// them (each task gets whole rows, so the epilogue runs on cache-hot data), and also by
+/// them (each task gets whole rows, so its rows of A are read once), and also by panels of
 /// columns when the matrix is short (batch 1 at 7×7 has 49 rows).
-fn tiles(m: usize, n: usize) -> Vec<Tile> {
+fn blocks(m: usize, n: usize) -> Vec<Block> {
     const MIN_ROWS: usize = 48;
     const MAX_ROWS: usize = 384;
     let threads = rayon::current_num_threads().max(1);
     let target = if threads == 1 { 1 } else { threads * 3 };
     let row_chunks = (m / MIN_ROWS).clamp(1, target).max(m.div_ceil(MAX_ROWS));
+    let panels = n.div_ceil(NR);
     let col_chunks = if row_chunks >= target {
         1
     } else {
-        (target / row_chunks).min(n / 32).max(1)
+        (target / row_chunks).min(panels).max(1)
     };
     let rows = m.div_ceil(row_chunks);
-    let cols = n.div_ceil(col_chunks).div_ceil(16) * 16;
+    let cols = panels.div_ceil(col_chunks) * NR;
     let mut out = Vec::with_capacity(row_chunks * col_chunks);
     for r0 in (0..m).step_by(rows.max(1)) {
         for c0 in (0..n).step_by(cols.max(1)) {
-            out.push(Tile {
+            out.push(Block {
                 r0,
                 r1: (r0 + rows).min(m),
                 c0,
@@ -308,66 +288,30 @@ fn tiles(m: usize, n: usize) -> Vec<Tile> {
 }
 
 thread_local! {
-    /// im2col patches of the current task; grows to the largest tile once, then is reused.
+    /// im2col patches of the current task; grows to the largest block once, then is reused.
     static PATCHES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// `out[r, c0..c1] (+)= lhs[r, :] · rhs[:, c0..c1]` for the tile's rows, then bias and act.
-///
-/// # Safety
-/// `lhs` points at the tile's first row with `lhs_rs` values per row and `k` readable
-/// columns; `out` is valid for the tile and not written by anyone else meanwhile.
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_tile(
-    tile: Tile,
+fn check_weights(
+    kernel: &'static str,
+    weights: &PackedWeights,
     k: usize,
-    lhs: *const f32,
-    lhs_rs: usize,
-    rhs: &[f32],
-    n: usize,
-    out: SharedOut,
     bias: &[f32],
-    act: Activation,
-    accumulate: bool,
-) {
-    let rows = tile.r1 - tile.r0;
-    let cols = tile.c1 - tile.c0;
-    let dst = out.0.add(tile.r0 * n + tile.c0);
-    gemm::gemm(
-        rows,
-        cols,
-        k,
-        dst,
-        1,
-        n as isize,
-        accumulate,
-        lhs,
-        1,
-        lhs_rs as isize,
-        rhs.as_ptr().add(tile.c0),
-        1,
-        n as isize,
-        1.0,
-        1.0,
-        false,
-        false,
-        false,
-        gemm::Parallelism::None,
-    );
-    // One slice per row: with a column split, neighbouring tasks own the rest of each row.
-    let bias = &bias[tile.c0..tile.c1];
-    for r in 0..rows {
-        epilogue(
-            std::slice::from_raw_parts_mut(dst.add(r * n), cols),
-            bias,
-            act,
-        );
+) -> Result<()> {
+    if weights.k() != k || weights.n() != bias.len() {
+        return Err(KernelError::BufferSize {
+            kernel,
+            buffer: "weights",
+            expected: k * bias.len(),
+            got: weights.k() * weights.n(),
+        });
     }
+    Ok(())
 }
 
 /// 1×1 convolution (or fully connected layer) as one GEMM, with fused bias and activation.
 ///
-/// `input` is `[rows, cin]`, `weights` `[cin, cout]` (row-major), `bias` `[cout]`,
+/// `input` is `[rows, cin]`, `weights` the packed `[cin, cout]` matrix, `bias` `[cout]`,
 /// `out` `[rows, cout]`. With `accumulate`, `out` already holds the residual and receives
 /// `act(residual + input·weights + bias)`.
 #[allow(clippy::too_many_arguments)]
@@ -375,7 +319,7 @@ pub fn pointwise_conv(
     input: &[f32],
     rows: usize,
     cin: usize,
-    weights: &[f32],
+    weights: &PackedWeights,
     bias: &[f32],
     act: Activation,
     accumulate: bool,
@@ -384,26 +328,25 @@ pub fn pointwise_conv(
     const K: &str = "pointwise_conv";
     let cout = bias.len();
     check_len(K, "input", rows * cin, input.len())?;
-    check_len(K, "weights", cin * cout, weights.len())?;
+    check_weights(K, weights, cin, bias)?;
     check_len(K, "out", rows * cout, out.len())?;
     if rows == 0 || cout == 0 {
         return Ok(());
     }
     let shared = SharedOut(out.as_mut_ptr());
-    tiles(rows, cout).into_par_iter().for_each(|tile| {
-        // SAFETY: tiles are disjoint and inside `out`; `input` has `rows × cin` values.
+    blocks(rows, cout).into_par_iter().for_each(|block| {
+        // SAFETY: blocks are disjoint and inside `out`; `input` has `rows × cin` values.
         unsafe {
-            gemm_tile(
-                tile,
-                cin,
-                input.as_ptr().add(tile.r0 * cin),
+            gemm_block(
+                block,
+                input.as_ptr().add(block.r0 * cin),
                 cin,
                 weights,
-                cout,
-                shared,
                 bias,
                 act,
                 accumulate,
+                shared.ptr(),
+                cout,
             )
         }
     });
@@ -443,15 +386,16 @@ fn im2col(input: &[f32], dims: Nhwc, win: Window, r0: usize, r1: usize, patches:
 
 /// Dense k×k convolution through im2col + GEMM, with fused bias and activation.
 ///
-/// `weights` are `[k·k·cin, cout]` with rows in (ky, kx, cin) order, `out` is NHWC with the
-/// window's output size. Patches are built per tile in a reused thread-local buffer, so the
-/// full im2col matrix never exists. `accumulate` as in [`pointwise_conv`].
+/// `weights` are the packed `[k·k·cin, cout]` matrix with rows in (ky, kx, cin) order, `out`
+/// is NHWC with the window's output size. Patches are built per block in a reused
+/// thread-local buffer, so the full im2col matrix never exists. `accumulate` as in
+/// [`pointwise_conv`].
 #[allow(clippy::too_many_arguments)]
 pub fn dense_conv(
     input: &[f32],
     dims: Nhwc,
     win: Window,
-    weights: &[f32],
+    weights: &PackedWeights,
     bias: &[f32],
     act: Activation,
     accumulate: bool,
@@ -462,7 +406,7 @@ pub fn dense_conv(
     let kk = win.k * win.k * dims.c;
     win.validate(K, dims)?;
     check_len(K, "input", dims.len(), input.len())?;
-    check_len(K, "weights", kk * cout, weights.len())?;
+    check_weights(K, weights, kk, bias)?;
     let out_dims = win.out_dims(dims, cout);
     check_len(K, "out", out_dims.len(), out.len())?;
     let rows = out_dims.n * out_dims.h * out_dims.w;
@@ -470,32 +414,26 @@ pub fn dense_conv(
         return Ok(());
     }
     let shared = SharedOut(out.as_mut_ptr());
-    tiles(rows, cout).into_par_iter().for_each(|tile| {
+    blocks(rows, cout).into_par_iter().for_each(|block| {
         PATCHES.with(|cell| {
             let mut patches = cell.borrow_mut();
-            let need = (tile.r1 - tile.r0) * kk;
+            let need = (block.r1 - block.r0) * kk;
             if patches.len() < need {
                 patches.resize(need, 0.0);
             }
-            im2col(input, dims, win, tile.r0, tile.r1, &mut patches[..need]);
-            // SAFETY: tiles are disjoint and inside `out`; `patches` holds the tile's rows.
+            im2col(input, dims, win, block.r0, block.r1, &mut patches[..need]);
+            // SAFETY: blocks are disjoint and inside `out`; `patches` holds the block's rows.
             unsafe {
-                gemm_tile(
-                    Tile {
-                        r0: tile.r0,
-                        r1: tile.r1,
-                        c0: tile.c0,
-                        c1: tile.c1,
-                    },
-                    kk,
+                gemm_block(
+                    block,
                     patches.as_ptr(),
                     kk,
                     weights,
-                    cout,
-                    shared,
                     bias,
                     act,
                     accumulate,
+                    shared.ptr(),
+                    cout,
                 )
             }
         })
@@ -850,7 +788,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tiles_cover_the_matrix_exactly_once() {
+    fn blocks_cover_the_matrix_exactly_once_on_panel_boundaries() {
         for &(m, n) in &[
             (1, 1),
             (49, 1280),
@@ -860,7 +798,8 @@ mod tests {
             (100, 17),
         ] {
             let mut seen = vec![0u8; m * n];
-            for t in tiles(m, n) {
+            for t in blocks(m, n) {
+                assert_eq!(t.c0 % NR, 0, "m={m} n={n}");
                 for r in t.r0..t.r1 {
                     for c in t.c0..t.c1 {
                         seen[r * n + c] += 1;

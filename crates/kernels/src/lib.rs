@@ -3,8 +3,9 @@
 //! A [`Plan`] is compiled once from the same `VarBuilder` weights (same tensor names) as the
 //! candle models: BatchNorm is folded into the convolution weights, bias, ReLU/ReLU6 and the
 //! residual add are fused into the kernel that produces them, activations are NHWC so that
-//! every 1×1 convolution is one GEMM (`gemm` crate, AVX-512 kernels where the CPU has them),
-//! dense convolutions run as im2col + GEMM per tile, depthwise convolutions run a direct
+//! every 1×1 convolution is one GEMM over weights packed at load time (an own AVX-512
+//! micro-kernel with the epilogue fused; the `gemm` crate elsewhere), dense convolutions run
+//! as im2col + GEMM per block, depthwise convolutions run a direct
 //! vectorised kernel, and activation buffers are planned once per input shape and reused.
 //! Work is split over batch and space on the rayon pool.
 //!
@@ -49,6 +50,7 @@
 mod arch;
 mod error;
 pub mod kernels;
+mod matmul;
 mod plan;
 mod profile;
 mod reference;

@@ -5,29 +5,27 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Storage, Tensor};
 use candle_nn::VarBuilder;
+use rayon::prelude::*;
 
 use crate::arch::{self, Arch, ConvSpec, Node};
 use crate::error::{KernelError, Result};
-use crate::kernels::{self, Activation, Nhwc, Window};
+use crate::kernels::{self, Activation, Nhwc, PackedWeights, Window};
 use crate::profile::{Profile, Stage};
 
-/// How a convolution runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How a convolution runs, with its weights in that kernel's layout.
 enum ConvKind {
-    /// 1×1, stride 1: one GEMM.
-    Pointwise,
-    /// One filter per channel: the direct kernel.
-    Depthwise,
-    /// Anything else: im2col + GEMM.
-    Dense,
+    /// 1×1, stride 1: one GEMM over packed `[cin, cout]` weights.
+    Pointwise(PackedWeights),
+    /// One filter per channel: the direct kernel over `[k·k, c]` taps.
+    Depthwise(Vec<f32>),
+    /// Anything else: im2col + GEMM over packed `[k·k·cin, cout]` weights.
+    Dense(PackedWeights),
 }
 
-/// A convolution with BatchNorm folded in, weights in the kernel's layout.
+/// A convolution with BatchNorm folded in.
 struct ConvLayer {
     spec: ConvSpec,
     kind: ConvKind,
-    /// Pointwise `[cin, cout]`; dense `[k·k·cin, cout]`; depthwise `[k·k, c]`.
-    weights: Vec<f32>,
     bias: Vec<f32>,
 }
 
@@ -55,16 +53,19 @@ enum Step {
     },
 }
 
-/// Buffers and shapes for one input shape, reused by every call with that shape.
+/// Buffers and shapes for one image of one input size, reused by every call with that size.
 struct Workspace {
-    key: (usize, usize, usize),
+    /// Input height and width.
+    key: (usize, usize),
     buffers: Vec<Vec<f32>>,
-    /// NHWC shape of each value.
+    /// NHWC shape of each value (batch 1).
     dims: Vec<Nhwc>,
     /// Window of each node.
     windows: Vec<Window>,
-    pooled: Vec<f32>,
 }
+
+/// What one image of a batch gives: its `finish` output and feature-map shape.
+type ImageOutput = Result<(Vec<f32>, Nhwc)>;
 
 /// A compiled CPU inference plan for one network.
 ///
@@ -77,12 +78,13 @@ pub struct Plan {
     arch: Arch,
     layers: Vec<ConvLayer>,
     /// `[cin, cout]` classifier weights and bias.
-    head: Option<(Vec<f32>, Vec<f32>)>,
+    head: Option<(PackedWeights, Vec<f32>)>,
     /// Buffer index of each value (value 0 = the NHWC copy of the input).
     value_buffer: Vec<usize>,
     buffer_count: usize,
     steps: Vec<Step>,
-    workspace: Mutex<Option<Workspace>>,
+    /// Idle workspaces, one per image in flight at most.
+    workspaces: Mutex<Vec<Workspace>>,
 }
 
 fn weight(vb: &VarBuilder, shape: &[usize], name: &str) -> Result<Vec<f32>> {
@@ -156,40 +158,34 @@ fn load_layer(vb: &VarBuilder, spec: &ConvSpec) -> Result<ConvLayer> {
     let per_filter = if spec.depthwise { 1 } else { cin };
     let mut w = weight(vb, &[cout, per_filter, k, k], &spec.weight)?;
     let bias = fold(vb, spec, &mut w)?;
-    let kind = if spec.depthwise {
-        ConvKind::Depthwise
-    } else if k == 1 && spec.stride == 1 && spec.pad == 0 {
-        ConvKind::Pointwise
-    } else {
-        ConvKind::Dense
-    };
     // PyTorch `[cout, cin, ky, kx]` → kernel layouts.
-    let weights = match kind {
-        ConvKind::Depthwise => {
-            let mut t = vec![0.0; k * k * cout];
-            for c in 0..cout {
-                for tap in 0..k * k {
-                    t[tap * cout + c] = w[c * k * k + tap];
-                }
+    let kind = if spec.depthwise {
+        let mut taps = vec![0.0; k * k * cout];
+        for c in 0..cout {
+            for tap in 0..k * k {
+                taps[tap * cout + c] = w[c * k * k + tap];
             }
-            t
         }
-        ConvKind::Pointwise | ConvKind::Dense => {
-            let mut t = vec![0.0; k * k * cin * cout];
-            for o in 0..cout {
-                for i in 0..cin {
-                    for tap in 0..k * k {
-                        t[(tap * cin + i) * cout + o] = w[(o * cin + i) * k * k + tap];
-                    }
+        ConvKind::Depthwise(taps)
+    } else {
+        let mut t = vec![0.0; k * k * cin * cout];
+        for o in 0..cout {
+            for i in 0..cin {
+                for tap in 0..k * k {
+                    t[(tap * cin + i) * cout + o] = w[(o * cin + i) * k * k + tap];
                 }
             }
-            t
+        }
+        let packed = PackedWeights::new(&t, k * k * cin, cout)?;
+        if k == 1 && spec.stride == 1 && spec.pad == 0 {
+            ConvKind::Pointwise(packed)
+        } else {
+            ConvKind::Dense(packed)
         }
     };
     Ok(ConvLayer {
         spec: spec.clone(),
         kind,
-        weights,
         bias,
     })
 }
@@ -247,7 +243,7 @@ impl Plan {
                         t[i * h.cout + o] = w[o * h.cin + i];
                     }
                 }
-                Some((t, b))
+                Some((PackedWeights::new(&t, h.cin, h.cout)?, b))
             }
             None => None,
         };
@@ -316,7 +312,7 @@ impl Plan {
             head,
             value_buffer,
             steps,
-            workspace: Mutex::new(None),
+            workspaces: Mutex::new(Vec::new()),
         })
     }
 
@@ -343,15 +339,17 @@ impl Plan {
 
     /// The pre-pooling feature map, `[N, C, H, W]`, of a normalised `[N, 3, H, W]` input.
     pub fn feature_map(&self, input: &Tensor) -> Result<Tensor> {
-        self.run(input, &mut Profile::disabled(), |ws, last, dims, _| {
+        let (values, dims) = self.run(input, &mut Profile::disabled(), |last, dims, _| {
             let mut nchw = vec![0.0; dims.len()];
-            kernels::nhwc_to_nchw(&ws.buffers[last][..dims.len()], dims, &mut nchw)?;
-            Ok(Tensor::from_vec(
-                nchw,
-                (dims.n, dims.c, dims.h, dims.w),
-                &Device::Cpu,
-            )?)
-        })
+            kernels::nhwc_to_nchw(last, dims, &mut nchw)?;
+            Ok(nchw)
+        })?;
+        let n = input.dim(0)?;
+        Ok(Tensor::from_vec(
+            values,
+            (n, dims.c, dims.h, dims.w),
+            &Device::Cpu,
+        )?)
     }
 
     /// Globally average-pooled features, `[N, C]`, of a normalised `[N, 3, H, W]` input.
@@ -381,14 +379,18 @@ impl Plan {
     }
 
     fn pooled(&self, input: &Tensor, profile: &mut Profile) -> Result<Tensor> {
-        self.run(input, profile, |ws, last, dims, profile| {
+        let (values, dims) = self.run(input, profile, |last, dims, profile| {
             let t = Instant::now();
-            let pooled = &mut ws.pooled;
-            kernels::global_avg_pool(&ws.buffers[last][..dims.len()], dims, pooled)?;
-            let out = Tensor::from_slice(pooled, (dims.n, dims.c), &Device::Cpu)?;
+            let mut pooled = vec![0.0; dims.c];
+            kernels::global_avg_pool(last, dims, &mut pooled)?;
             profile.add(Stage::GlobalPool, t);
-            Ok(out)
-        })
+            Ok(pooled)
+        })?;
+        Ok(Tensor::from_vec(
+            values,
+            (input.dim(0)?, dims.c),
+            &Device::Cpu,
+        )?)
     }
 
     fn logits_profiled(&self, input: &Tensor, profile: &mut Profile) -> Result<Tensor> {
@@ -406,14 +408,19 @@ impl Plan {
         Ok(logits)
     }
 
-    /// Runs every step, then hands the workspace, the feature map's buffer, its shape and the
-    /// profile to `finish`.
-    fn run<R>(
+    /// Runs every image through every step and `finish` on its feature map (NHWC, batch 1);
+    /// returns the images' `finish` outputs, concatenated, and the feature map's shape.
+    ///
+    /// A batch runs one image per rayon thread, each on its own workspace, so that each
+    /// core works through one image's activations in its own cache and no core waits for
+    /// the other between layers; the kernels still split their work, so an idle thread
+    /// (one image, or the last of an odd batch) helps the busy one.
+    fn run(
         &self,
         input: &Tensor,
         profile: &mut Profile,
-        finish: impl FnOnce(&mut Workspace, usize, Nhwc, &mut Profile) -> Result<R>,
-    ) -> Result<R> {
+        finish: impl Fn(&[f32], Nhwc, &mut Profile) -> Result<Vec<f32>> + Sync,
+    ) -> Result<(Vec<f32>, Nhwc)> {
         let (n, c, h, w) = input.dims4().map_err(|_| {
             KernelError::Input(format!(
                 "expected [N, 3, H, W], got shape {:?}",
@@ -431,25 +438,74 @@ impl Plan {
                 "the fast plan runs on CPU tensors only".into(),
             ));
         }
-        let taken = self.workspace.lock().map(|mut g| g.take()).unwrap_or(None);
         let t = Instant::now();
-        let mut ws = match taken {
-            Some(ws) if ws.key == (n, h, w) => ws,
-            _ => self.workspace_for(n, h, w)?,
+        let x = input.to_dtype(DType::F32)?.contiguous()?;
+        profile.add(Stage::Layout, t);
+        let (storage, layout) = x.storage_and_layout();
+        let Storage::Cpu(cpu) = &*storage else {
+            return Err(KernelError::Input(
+                "the fast plan runs on CPU tensors only".into(),
+            ));
         };
-        profile.add(Stage::Alloc, t);
-        let result = self.execute(input, &mut ws, profile).and_then(|()| {
-            let last = self.value_buffer[self.arch.nodes.len()];
-            let dims = ws.dims[self.arch.nodes.len()];
-            finish(&mut ws, last, dims, profile)
-        });
-        if let Ok(mut guard) = self.workspace.lock() {
-            *guard = Some(ws);
+        let data = cpu.as_slice::<f32>()?;
+        let image_len = 3 * h * w;
+        let start = layout.start_offset();
+        let images = &data[start..start + n * image_len];
+        let one = |image: &[f32], profile: &mut Profile| -> Result<(Vec<f32>, Nhwc)> {
+            let t = Instant::now();
+            let mut ws = self.take_workspace(h, w)?;
+            profile.add(Stage::Alloc, t);
+            let result = self.execute(image, &mut ws, profile).and_then(|()| {
+                let last = self.value_buffer[self.arch.nodes.len()];
+                let dims = ws.dims[self.arch.nodes.len()];
+                Ok((
+                    finish(&ws.buffers[last][..dims.len()], dims, profile)?,
+                    dims,
+                ))
+            });
+            if let Ok(mut idle) = self.workspaces.lock() {
+                idle.push(ws);
+            }
+            result
+        };
+        if n == 1 {
+            return one(images, profile);
         }
-        result
+        let outputs: Vec<(ImageOutput, Profile)> = images
+            .par_chunks(image_len)
+            .with_max_len(1)
+            .map(|image| {
+                let mut own = profile.child();
+                (one(image, &mut own), own)
+            })
+            .collect();
+        let mut values = Vec::new();
+        let mut dims = None;
+        for (output, own) in outputs {
+            profile.merge(&own);
+            let (v, d) = output?;
+            values.extend_from_slice(&v);
+            dims = Some(d);
+        }
+        let dims = dims.ok_or_else(|| KernelError::Input("empty batch".into()))?;
+        Ok((values, dims))
     }
 
-    fn workspace_for(&self, n: usize, h: usize, w: usize) -> Result<Workspace> {
+    /// An idle workspace for an `h × w` image, or a new one.
+    fn take_workspace(&self, h: usize, w: usize) -> Result<Workspace> {
+        let idle = self.workspaces.lock().ok().and_then(|mut idle| {
+            // Workspaces of another input size will not be used again soon.
+            idle.retain(|ws| ws.key == (h, w));
+            idle.pop()
+        });
+        match idle {
+            Some(ws) => Ok(ws),
+            None => self.workspace_for(h, w),
+        }
+    }
+
+    fn workspace_for(&self, h: usize, w: usize) -> Result<Workspace> {
+        let n = 1;
         let mut dims = vec![Nhwc { n, h, w, c: 3 }];
         let mut windows = Vec::with_capacity(self.arch.nodes.len());
         for node in &self.arch.nodes {
@@ -470,7 +526,7 @@ impl Plan {
             };
             let window = window.map_err(|e| {
                 KernelError::Input(format!(
-                    "{n}x3x{h}x{w} is too small for {}: {e}",
+                    "3x{h}x{w} is too small for {}: {e}",
                     self.arch.name
                 ))
             })?;
@@ -487,36 +543,23 @@ impl Plan {
             let b = self.value_buffer[v];
             sizes[b] = sizes[b].max(d.len());
         }
-        let last = dims[dims.len() - 1];
         Ok(Workspace {
-            key: (n, h, w),
+            key: (h, w),
             buffers: sizes.into_iter().map(|s| vec![0.0; s]).collect(),
             dims,
             windows,
-            pooled: vec![0.0; last.n * last.c],
         })
     }
 
-    fn execute(&self, input: &Tensor, ws: &mut Workspace, profile: &mut Profile) -> Result<()> {
+    /// Runs the steps on one NCHW image.
+    fn execute(&self, image: &[f32], ws: &mut Workspace, profile: &mut Profile) -> Result<()> {
         let t = Instant::now();
-        let x = input.to_dtype(DType::F32)?.contiguous()?;
-        {
-            let (storage, layout) = x.storage_and_layout();
-            let Storage::Cpu(cpu) = &*storage else {
-                return Err(KernelError::Input(
-                    "the fast plan runs on CPU tensors only".into(),
-                ));
-            };
-            let data = cpu.as_slice::<f32>()?;
-            let dims = ws.dims[0];
-            let start = layout.start_offset();
-            let nchw = &data[start..start + dims.len()];
-            kernels::nchw_to_nhwc(
-                nchw,
-                dims,
-                &mut ws.buffers[self.value_buffer[0]][..dims.len()],
-            )?;
-        }
+        let dims = ws.dims[0];
+        kernels::nchw_to_nhwc(
+            image,
+            dims,
+            &mut ws.buffers[self.value_buffer[0]][..dims.len()],
+        )?;
         profile.add(Stage::Layout, t);
         for (i, step) in self.steps.iter().enumerate() {
             let t = Instant::now();
@@ -542,21 +585,21 @@ impl Plan {
                     let y = &mut y[..out_dims.len()];
                     let act = l.spec.act;
                     let win = ws.windows[i];
-                    let stage = match l.kind {
-                        ConvKind::Pointwise => {
+                    let stage = match &l.kind {
+                        ConvKind::Pointwise(weights) => {
                             let rows = in_dims.n * in_dims.h * in_dims.w;
                             kernels::pointwise_conv(
-                                x, rows, in_dims.c, &l.weights, &l.bias, act, accumulate, y,
+                                x, rows, in_dims.c, weights, &l.bias, act, accumulate, y,
                             )?;
                             Stage::Pointwise
                         }
-                        ConvKind::Depthwise => {
-                            kernels::depthwise_conv(x, in_dims, win, &l.weights, &l.bias, act, y)?;
+                        ConvKind::Depthwise(taps) => {
+                            kernels::depthwise_conv(x, in_dims, win, taps, &l.bias, act, y)?;
                             Stage::Depthwise
                         }
-                        ConvKind::Dense => {
+                        ConvKind::Dense(weights) => {
                             kernels::dense_conv(
-                                x, in_dims, win, &l.weights, &l.bias, act, accumulate, y,
+                                x, in_dims, win, weights, &l.bias, act, accumulate, y,
                             )?;
                             if l.spec.k == 1 {
                                 Stage::StridedPointwise

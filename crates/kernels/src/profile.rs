@@ -63,6 +63,9 @@ pub struct Profile {
     pub runs: usize,
     /// `(stage, total time, calls)`, in first-seen order.
     pub stages: Vec<(Stage, Duration, usize)>,
+    /// True when a batch ran several images at once: stage times are then summed over
+    /// the threads (CPU time), not wall time.
+    pub images_in_parallel: bool,
     enabled: bool,
 }
 
@@ -73,6 +76,7 @@ impl Profile {
             path: path.to_string(),
             runs: 0,
             stages: Vec::new(),
+            images_in_parallel: false,
             enabled: true,
         }
     }
@@ -99,6 +103,33 @@ impl Profile {
         }
     }
 
+    /// An empty profile for one image of a batch, merged back with [`Profile::merge`].
+    pub(crate) fn child(&self) -> Self {
+        Self {
+            stages: Vec::new(),
+            runs: 0,
+            images_in_parallel: false,
+            ..self.clone()
+        }
+    }
+
+    /// Adds another profile's stage times (an image run on another thread).
+    pub(crate) fn merge(&mut self, other: &Profile) {
+        if !self.enabled {
+            return;
+        }
+        self.images_in_parallel = true;
+        for &(stage, d, calls) in &other.stages {
+            match self.stages.iter_mut().find(|(s, _, _)| *s == stage) {
+                Some(entry) => {
+                    entry.1 += d;
+                    entry.2 += calls;
+                }
+                None => self.stages.push((stage, d, calls)),
+            }
+        }
+    }
+
     /// Total time of all stages divided by the number of runs.
     pub fn per_run(&self) -> Duration {
         let total: Duration = self.stages.iter().map(|(_, d, _)| *d).sum();
@@ -118,6 +149,12 @@ impl fmt::Display for Profile {
             total * 1e3 / runs,
             self.runs
         )?;
+        if self.images_in_parallel {
+            writeln!(
+                f,
+                "  (images ran in parallel: times are summed over threads)"
+            )?;
+        }
         writeln!(
             f,
             "  {:<30} {:>10} {:>7} {:>8}",

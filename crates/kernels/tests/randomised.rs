@@ -7,7 +7,7 @@ mod common;
 use candle_core::{DType, Device, Module, ModuleT, Tensor, D};
 use candle_nn::VarBuilder;
 use common::*;
-use wtb_kernels::kernels::{self, Activation, Nhwc, Window};
+use wtb_kernels::kernels::{self, Activation, Nhwc, PackedWeights, Window};
 use wtb_kernels::{fold_batch_norm, Plan, Reference};
 
 const TOL: f64 = 1e-4;
@@ -185,7 +185,7 @@ fn dense_and_pointwise_convs_match_candle_conv_with_batch_norm_and_residual() {
         let want = act(pre, a);
 
         let (wv, bias) = folded(&wt, &bn, 1e-5);
-        let wl = dense_layout(&wv, cout, cin, k);
+        let wl = PackedWeights::new(&dense_layout(&wv, cout, cin, k), k * k * cin, cout).unwrap();
         let (xv, d) = nchw_to_nhwc(&x);
         let win = Window::symmetric(h, w, k, s, p).unwrap();
         let od = Nhwc {
@@ -264,7 +264,7 @@ fn classifier_gemm_matches_candle_linear() {
         &to_vec(&x),
         n,
         cin,
-        &wt,
+        &PackedWeights::new(&wt, cin, cout).unwrap(),
         &to_vec(&b),
         Activation::Identity,
         false,
