@@ -97,7 +97,7 @@ impl Gallery {
         if dim == 0 {
             return Err(SearchError::ZeroDimension);
         }
-        if values.len() % dim != 0 {
+        if !values.len().is_multiple_of(dim) {
             return Err(SearchError::RaggedMatrix {
                 values: values.len(),
                 dim,
@@ -147,7 +147,7 @@ impl Gallery {
                 map.len()
             ));
         }
-        if (map.as_ptr() as usize + offset) % precision.bytes() != 0 {
+        if !(map.as_ptr() as usize + offset).is_multiple_of(precision.bytes()) {
             return Err(format!("matrix offset {offset} is not aligned"));
         }
         if sq_norms.len() != len {
@@ -328,7 +328,7 @@ impl Gallery {
         metric: Metric,
         selection: Selection<'_>,
     ) -> Result<Vec<Vec<Entry>>, SearchError> {
-        if queries.len() % self.dim != 0 {
+        if !queries.len().is_multiple_of(self.dim) {
             return Err(SearchError::DimensionMismatch {
                 expected: self.dim,
                 found: queries.len(),

@@ -189,7 +189,7 @@ impl Index {
     /// Refuses the whole batch if a (photo, category, product) item is already live or repeats
     /// within the batch.
     pub fn add(&mut self, records: &[PhotoRecord], vectors: &[f32]) -> Result<(), SearchError> {
-        if vectors.len() % self.dim != 0 {
+        if !vectors.len().is_multiple_of(self.dim) {
             return Err(SearchError::DimensionMismatch {
                 expected: self.dim,
                 found: vectors.len(),
@@ -578,7 +578,7 @@ impl Index {
         queries: &[f32],
         request: &SearchRequest,
     ) -> Result<Vec<Vec<ProductHit>>, SearchError> {
-        if queries.len() % self.dim != 0 {
+        if !queries.len().is_multiple_of(self.dim) {
             return Err(SearchError::DimensionMismatch {
                 expected: self.dim,
                 found: queries.len(),
@@ -940,7 +940,7 @@ impl VectorSearch for Index {
         request: &SearchRequest,
     ) -> Result<Vec<Vec<ProductHit>>, SearchError> {
         if self.use_approximate(request)? {
-            if queries.len() % self.dim != 0 {
+            if !queries.len().is_multiple_of(self.dim) {
                 return Err(SearchError::DimensionMismatch {
                     expected: self.dim,
                     found: queries.len(),
