@@ -8,7 +8,8 @@
 //!
 //! Run it through `benches/kernels_vs_onnx.sh`, which builds the ONNX model and sets the
 //! priority. Options: `--passes N` (3), `--onnx FILE` + `--python EXE` (skip ORT without),
-//! `--ort-threads N` (rayon's thread count), `--quick`, `--profile`, `--skip-stock`.
+//! `--ort-threads N` (rayon's thread count), `--quick`, `--profile`, `--skip-stock`,
+//! `--ab-gemm ROUNDS` / `--ab-fuse ROUNDS` (A/B of one optimisation, nothing else runs).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -28,7 +29,7 @@ struct Args {
     quick: bool,
     profile: bool,
     skip_stock: bool,
-    ab_gemm: usize,
+    ab: Option<(String, usize)>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -40,7 +41,7 @@ fn parse_args() -> Result<Args> {
         quick: false,
         profile: false,
         skip_stock: false,
-        ab_gemm: 0,
+        ab: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -53,7 +54,8 @@ fn parse_args() -> Result<Args> {
             "--quick" => a.quick = true,
             "--profile" => a.profile = true,
             "--skip-stock" => a.skip_stock = true,
-            "--ab-gemm" => a.ab_gemm = value("--ab-gemm")?.parse()?,
+            "--ab-gemm" => a.ab = Some(("gemm".into(), value("--ab-gemm")?.parse()?)),
+            "--ab-fuse" => a.ab = Some(("fuse".into(), value("--ab-fuse")?.parse()?)),
             "--bench" => {} // passed by `cargo bench`
             other => bail!("unknown argument {other}"),
         }
@@ -216,37 +218,48 @@ fn resnet50_vb(names_shapes: &Path) -> Result<VarBuilder<'static>> {
     Ok(VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu))
 }
 
-/// `--ab-gemm ROUNDS`: the own AVX-512 GEMM vs the portable `gemm`-crate path on the
-/// MobileNetV2 plan, interleaved in one process; time of the 1×1 convolutions and in total.
-fn ab_gemm(plan: &Plan, rounds: usize) -> Result<()> {
-    use wtb_kernels::{kernels::force_portable_gemm, Stage};
-    println!("## GEMM A/B: own AVX-512 micro-kernel vs gemm crate (MobileNetV2, ms per run)\n");
-    println!("| round | batch | path | 1x1 conv | dense conv | total |");
-    println!("|---|---|---|---|---|---|");
+/// `--ab-gemm ROUNDS` / `--ab-fuse ROUNDS`: MobileNetV2 with a change and without it,
+/// interleaved in one process: the own AVX-512 GEMM vs the `gemm`-crate path, or fused
+/// inverted-residual blocks vs layer by layer. Median wall time per call.
+fn ab(mnv2_path: &Path, what: &str, rounds: usize, quick: bool) -> Result<()> {
+    use wtb_kernels::{fuse_blocks, kernels::force_portable_gemm};
+    let with = Plan::mobilenet_v2(load_vb(mnv2_path)?)?;
+    fuse_blocks(what != "fuse");
+    let without = Plan::mobilenet_v2(load_vb(mnv2_path)?)?;
+    fuse_blocks(true);
+    let (on, off) = match what {
+        "gemm" => ("own AVX-512 GEMM", "gemm crate"),
+        _ => ("fused blocks", "layer by layer"),
+    };
+    println!("## A/B on MobileNetV2: {on} vs {off} (median ms per call)\n");
+    println!("| round | batch | {on} | {off} | ratio |");
+    println!("|---|---|---|---|---|");
     for round in 1..=rounds {
         for batch in [1usize, 32] {
             let x = input(batch, 224, 224)?;
-            for (portable, label) in [(false, "own"), (true, "gemm crate")] {
+            let runs = match (batch, quick) {
+                (1, false) => 40,
+                (1, true) => 15,
+                (_, false) => 5,
+                (_, true) => 2,
+            };
+            let timed = |plan: &Plan, portable: bool| -> Result<f64> {
                 force_portable_gemm(portable);
-                plan.features(&x)?;
-                let p = plan.profile(&x, if batch == 1 { 30 } else { 3 })?;
-                let stage = |s: Stage| {
-                    p.stages
-                        .iter()
-                        .filter(|(st, _, _)| *st == s)
-                        .map(|(_, d, _)| d.as_secs_f64() * 1e3 / p.runs as f64)
-                        .sum::<f64>()
-                };
-                println!(
-                    "| {round} | {batch} | {label} | {:.3} | {:.3} | {:.3} |",
-                    stage(Stage::Pointwise),
-                    stage(Stage::Dense),
-                    p.per_run().as_secs_f64() * 1e3
-                );
-            }
+                let (median, _) = time(2, runs, || {
+                    plan.features(&x)?;
+                    Ok(())
+                })?;
+                force_portable_gemm(false);
+                Ok(median * 1e3)
+            };
+            let (a, b) = if what == "gemm" {
+                (timed(&with, false)?, timed(&with, true)?)
+            } else {
+                (timed(&with, false)?, timed(&without, false)?)
+            };
+            println!("| {round} | {batch} | {a:.2} | {b:.2} | {:.2}x |", b / a);
         }
     }
-    force_portable_gemm(false);
     Ok(())
 }
 
@@ -275,8 +288,8 @@ fn main() -> Result<()> {
     let gflop = 2.0 * mnv2.macs_per_image(224, 224).context("macs")? as f64 / 1e9;
     println!("MobileNetV2 features: {gflop:.4} GFLOP per image (224x224)\n");
 
-    if args.ab_gemm > 0 {
-        return ab_gemm(&mnv2, args.ab_gemm);
+    if let Some((what, rounds)) = &args.ab {
+        return ab(&mnv2_path, what, *rounds, args.quick);
     }
 
     // 1. MobileNetV2 fast plan vs ONNX Runtime, interleaved per pass and batch.

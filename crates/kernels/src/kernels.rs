@@ -228,7 +228,7 @@ mod x86 {
             }
         };
     }
-    versions!(depthwise_row(input: &[f32], dims: Nhwc, win: Window, weights: &[f32], bias: &[f32], act: Activation, oy: usize, out_row: &mut [f32]));
+    versions!(depthwise_row(input: &[f32], base_row: usize, dims: Nhwc, win: Window, weights: &[f32], bias: &[f32], act: Activation, oy: usize, out_row: &mut [f32]));
     versions!(max_pool_row(input: &[f32], dims: Nhwc, win: Window, oy: usize, out_row: &mut [f32]));
 }
 
@@ -344,7 +344,11 @@ pub fn pointwise_conv(
                 weights,
                 bias,
                 act,
-                accumulate,
+                if accumulate {
+                    shared.ptr()
+                } else {
+                    std::ptr::null()
+                },
                 shared.ptr(),
                 cout,
             )
@@ -431,7 +435,11 @@ pub fn dense_conv(
                     weights,
                     bias,
                     act,
-                    accumulate,
+                    if accumulate {
+                        shared.ptr()
+                    } else {
+                        std::ptr::null()
+                    },
                     shared.ptr(),
                     cout,
                 )
@@ -451,7 +459,7 @@ fn depthwise_block<const CB: usize, const FMA: bool>(
     weights: &[f32],
     bias: &[f32],
     act: Activation,
-    n: usize,
+    row0: isize,
     oy: usize,
     ox: usize,
     c0: usize,
@@ -465,7 +473,7 @@ fn depthwise_block<const CB: usize, const FMA: bool>(
         if iy < 0 || iy >= dims.h as isize {
             continue;
         }
-        let row = (n * dims.h + iy as usize) * dims.w * c;
+        let row = (row0 + iy) as usize * dims.w * c;
         for kx in 0..win.k {
             let ix = (ox * win.stride + kx) as isize - win.pad_left as isize;
             if ix < 0 || ix >= dims.w as isize {
@@ -510,7 +518,7 @@ fn depthwise_strip<const FMA: bool>(
     weights: &[f32],
     bias: &[f32],
     act: Activation,
-    n: usize,
+    row0: isize,
     oy: usize,
     c0: usize,
     out_row: &mut [f32],
@@ -540,7 +548,7 @@ fn depthwise_strip<const FMA: bool>(
                 weights,
                 bias,
                 act,
-                n,
+                row0,
                 oy,
                 ox,
                 c0,
@@ -552,7 +560,7 @@ fn depthwise_strip<const FMA: bool>(
         let mut acc = [bias_block; STRIP];
         for ky in ky_first..ky_end {
             let iy = (top + ky as isize) as usize;
-            let row = (n * dims.h + iy) * dims.w * c;
+            let row = (row0 + iy as isize) as usize * dims.w * c;
             for kx in 0..k {
                 let w: &[f32; CB] = weights[(ky * k + kx) * c + c0..][..CB]
                     .try_into()
@@ -574,10 +582,12 @@ fn depthwise_strip<const FMA: bool>(
 }
 
 /// One output row (`oy` of image `n`, packed as `n·out_h + oy`) of a depthwise convolution.
+/// `input` holds the rows from `base_row` on (image rows counted across the batch).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn depthwise_row<const FMA: bool>(
     input: &[f32],
+    base_row: usize,
     dims: Nhwc,
     win: Window,
     weights: &[f32],
@@ -589,9 +599,10 @@ fn depthwise_row<const FMA: bool>(
     let c = dims.c;
     let n = oy / win.out_h;
     let oy = oy % win.out_h;
+    let row0 = (n * dims.h) as isize - base_row as isize;
     let blocks = c / 16 * 16;
     for c0 in (0..blocks).step_by(16) {
-        depthwise_strip::<FMA>(input, dims, win, weights, bias, act, n, oy, c0, out_row);
+        depthwise_strip::<FMA>(input, dims, win, weights, bias, act, row0, oy, c0, out_row);
     }
     for ox in 0..win.out_w {
         for c0 in blocks..c {
@@ -602,7 +613,7 @@ fn depthwise_row<const FMA: bool>(
                 weights,
                 bias,
                 act,
-                n,
+                row0,
                 oy,
                 ox,
                 c0,
@@ -639,14 +650,16 @@ pub fn depthwise_conv(
     out.par_chunks_mut(row_len)
         .enumerate()
         .for_each(|(oy, out_row)| {
-            depthwise_row_dispatch(input, dims, win, weights, bias, act, oy, out_row)
+            depthwise_row_dispatch(input, 0, dims, win, weights, bias, act, oy, out_row)
         });
     Ok(())
 }
 
+/// [`depthwise_row`] at the CPU's best SIMD level.
 #[allow(clippy::too_many_arguments)]
-fn depthwise_row_dispatch(
+pub(crate) fn depthwise_row_dispatch(
     input: &[f32],
+    base_row: usize,
     dims: Nhwc,
     win: Window,
     weights: &[f32],
@@ -656,7 +669,7 @@ fn depthwise_row_dispatch(
     out_row: &mut [f32],
 ) {
     dispatch!(depthwise_row(
-        input, dims, win, weights, bias, act, oy, out_row
+        input, base_row, dims, win, weights, bias, act, oy, out_row
     ))
 }
 

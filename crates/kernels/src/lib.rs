@@ -49,6 +49,7 @@
 
 mod arch;
 mod error;
+mod fused;
 pub mod kernels;
 mod matmul;
 mod plan;
@@ -56,6 +57,8 @@ mod profile;
 mod reference;
 
 pub use error::{KernelError, Result};
+#[doc(hidden)]
+pub use plan::fuse_blocks;
 pub use plan::{fold_batch_norm, Plan};
 pub use profile::{Profile, Stage};
 pub use reference::Reference;

@@ -83,12 +83,13 @@ pub(crate) struct Block {
     pub c1: usize,
 }
 
-/// `out[r, c] = act(Σ_k a[r, k]·w[k, c] + bias[c] (+ out[r, c] when accumulate))` for the block.
+/// `out[r, c] = act(Σ_k a[r, k]·w[k, c] + bias[c] (+ residual[r, c]))` for the block.
 ///
 /// # Safety
 /// `a` points at the block's first row, `lda` values per row, `w.k()` readable values in
 /// each of its `r1 − r0` rows; `out` points at element (0, 0) of a row-major output with
 /// `ldc` values per row, valid for the block and written by no one else meanwhile.
+/// `residual` is null or laid out like `out` (it may be `out` itself).
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm_block(
     block: Block,
@@ -97,7 +98,7 @@ pub(crate) unsafe fn gemm_block(
     w: &PackedWeights,
     bias: &[f32],
     act: Activation,
-    accumulate: bool,
+    residual: *const f32,
     out: *mut f32,
     ldc: usize,
 ) {
@@ -105,10 +106,10 @@ pub(crate) unsafe fn gemm_block(
     debug_assert!(block.c1 <= w.n && bias.len() == w.n);
     #[cfg(target_arch = "x86_64")]
     if use_avx512() {
-        avx512::block(block, a, lda, w, bias, act, accumulate, out, ldc);
+        avx512::block(block, a, lda, w, bias, act, residual, out, ldc);
         return;
     }
-    portable_block(block, a, lda, w, bias, act, accumulate, out, ldc);
+    portable_block(block, a, lda, w, bias, act, residual, out, ldc);
 }
 
 /// Set by [`force_portable_gemm`]: benches compare both paths in one process.
@@ -145,11 +146,14 @@ pub(crate) unsafe fn portable_block(
     w: &PackedWeights,
     bias: &[f32],
     act: Activation,
-    accumulate: bool,
+    residual: *const f32,
     out: *mut f32,
     ldc: usize,
 ) {
     let rows = block.r1 - block.r0;
+    // A residual already in `out` is accumulated by the GEMM; another is added below.
+    let in_place = std::ptr::eq(residual, out);
+    let separate = !residual.is_null() && !in_place;
     for c0 in (block.c0..block.c1).step_by(NR) {
         let cols = NR.min(block.c1 - c0);
         let dst = out.add(block.r0 * ldc + c0);
@@ -160,7 +164,7 @@ pub(crate) unsafe fn portable_block(
             dst,
             1,
             ldc as isize,
-            accumulate,
+            in_place,
             a,
             1,
             lda as isize,
@@ -177,8 +181,16 @@ pub(crate) unsafe fn portable_block(
         let bias = &bias[c0..c0 + cols];
         for r in 0..rows {
             let row = std::slice::from_raw_parts_mut(dst.add(r * ldc), cols);
-            for (v, b) in row.iter_mut().zip(bias) {
-                *v = activate(*v + b, act);
+            if separate {
+                let at = (block.r0 + r) * ldc + c0;
+                let res = std::slice::from_raw_parts(residual.add(at), cols);
+                for ((v, b), x) in row.iter_mut().zip(bias).zip(res) {
+                    *v = activate(*v + b + x, act);
+                }
+            } else {
+                for (v, b) in row.iter_mut().zip(bias) {
+                    *v = activate(*v + b, act);
+                }
             }
         }
     }
@@ -217,7 +229,7 @@ mod avx512 {
         w: &PackedWeights,
         bias: &[f32],
         act: Activation,
-        accumulate: bool,
+        residual: *const f32,
         out: *mut f32,
         ldc: usize,
     ) {
@@ -236,7 +248,11 @@ mod avx512 {
                     bias: bias.as_ptr().add(c0),
                     cols,
                     act,
-                    accumulate,
+                    res: if residual.is_null() {
+                        residual
+                    } else {
+                        residual.add(r * ldc + c0)
+                    },
                     c: out.add(r * ldc + c0),
                     ldc,
                 };
@@ -264,7 +280,8 @@ mod avx512 {
         bias: *const f32,
         cols: usize,
         act: Activation,
-        accumulate: bool,
+        /// Null, or the residual laid out like `c`.
+        res: *const f32,
         c: *mut f32,
         ldc: usize,
     }
@@ -303,8 +320,9 @@ mod avx512 {
             for v in 0..NV {
                 let dst = t.c.add(r * t.ldc + v * 16);
                 let mut x = _mm512_add_ps(acc[v], bias[v]);
-                if t.accumulate {
-                    x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(masks[v], dst));
+                if !t.res.is_null() {
+                    let res = t.res.add(r * t.ldc + v * 16);
+                    x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(masks[v], res));
                 }
                 x = match t.act {
                     Activation::Identity => x,
@@ -385,11 +403,18 @@ mod tests {
                     k,
                     act,
                 );
-                for portable in [false, true] {
-                    let mut out = if accumulate {
+                for (portable, in_place) in
+                    [(false, false), (false, true), (true, false), (true, true)]
+                {
+                    let mut out = if accumulate && in_place {
                         res.clone()
                     } else {
                         vec![f32::NAN; rows * n]
+                    };
+                    let residual = match (accumulate, in_place) {
+                        (false, _) => std::ptr::null(),
+                        (true, true) => out.as_ptr(),
+                        (true, false) => res.as_ptr(),
                     };
                     let block = Block {
                         r0: 0,
@@ -397,38 +422,25 @@ mod tests {
                         c0: 0,
                         c1: n,
                     };
-                    // SAFETY: `a` holds rows × k values, `out` rows × n.
+                    let run = if portable { portable_block } else { gemm_block };
+                    // SAFETY: `a` holds rows × k values, `out` and `res` rows × n.
                     unsafe {
-                        if portable {
-                            portable_block(
-                                block,
-                                a.as_ptr(),
-                                k,
-                                &packed,
-                                &bias,
-                                act,
-                                accumulate,
-                                out.as_mut_ptr(),
-                                n,
-                            );
-                        } else {
-                            gemm_block(
-                                block,
-                                a.as_ptr(),
-                                k,
-                                &packed,
-                                &bias,
-                                act,
-                                accumulate,
-                                out.as_mut_ptr(),
-                                n,
-                            );
-                        }
-                    }
+                        run(
+                            block,
+                            a.as_ptr(),
+                            k,
+                            &packed,
+                            &bias,
+                            act,
+                            residual,
+                            out.as_mut_ptr(),
+                            n,
+                        )
+                    };
                     for (i, (g, e)) in out.iter().zip(&want).enumerate() {
                         assert!(
                             (g - e).abs() <= 1e-4 * (1.0 + e.abs()),
-                            "rows {rows} k {k} n {n} {act:?} acc {accumulate} portable {portable}: [{i}] {g} vs {e}"
+                            "rows {rows} k {k} n {n} {act:?} acc {accumulate} in place {in_place} portable {portable}: [{i}] {g} vs {e}"
                         );
                     }
                 }

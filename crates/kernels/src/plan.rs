@@ -1,5 +1,6 @@
 //! The compiled inference plan: folded weights, a step list over reusable NHWC buffers.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -9,6 +10,7 @@ use rayon::prelude::*;
 
 use crate::arch::{self, Arch, ConvSpec, Node};
 use crate::error::{KernelError, Result};
+use crate::fused;
 use crate::kernels::{self, Activation, Nhwc, PackedWeights, Window};
 use crate::profile::{Profile, Stage};
 
@@ -39,17 +41,34 @@ enum Residual {
     Copy(usize),
 }
 
+/// One step of the plan over the nodes `node..=last` of the architecture (`src` and `dst`
+/// are buffer indices).
 #[derive(Clone, Copy, Debug)]
 enum Step {
     Conv {
+        node: usize,
         layer: usize,
         src: usize,
         dst: usize,
         residual: Residual,
     },
     MaxPool {
+        node: usize,
         src: usize,
         dst: usize,
+    },
+    /// An inverted-residual block (`[expand →] depthwise → project [+ residual]`) run in
+    /// bands of rows by [`fused::inverted_residual`]; its intermediates get no buffer.
+    Block {
+        /// The first node (the expand, or the depthwise when there is none).
+        node: usize,
+        expand: Option<usize>,
+        depthwise: usize,
+        project: usize,
+        src: usize,
+        dst: usize,
+        /// Buffer of the residual (never `dst`: bands of one image run in parallel).
+        residual: Option<usize>,
     },
 }
 
@@ -62,7 +81,16 @@ struct Workspace {
     dims: Vec<Nhwc>,
     /// Window of each node.
     windows: Vec<Window>,
+    /// Expanded and depthwise activations of the blocks that run layer by layer when one
+    /// image is split across threads (see [`LAYERED_BELOW_ROWS`]).
+    scratch: [Vec<f32>; 2],
 }
+
+/// Blocks whose output has fewer rows than this run layer by layer when one image is split
+/// across threads: bands of so few rows would recompute too many shared expanded rows, and
+/// their activations fit in cache anyway. (A batch runs every block fused, one image per
+/// thread.)
+const LAYERED_BELOW_ROWS: usize = 28;
 
 /// What one image of a batch gives: its `finish` output and feature-map shape.
 type ImageOutput = Result<(Vec<f32>, Nhwc)>;
@@ -190,6 +218,110 @@ fn load_layer(vb: &VarBuilder, spec: &ConvSpec) -> Result<ConvLayer> {
     })
 }
 
+/// Read when a plan is built; see [`fuse_blocks`].
+static FUSE_BLOCKS: AtomicBool = AtomicBool::new(true);
+
+/// Whether plans built from now on run inverted-residual blocks fused (the default) or
+/// layer by layer. For A/B benchmarks and profiles that split the time by layer type.
+#[doc(hidden)]
+pub fn fuse_blocks(on: bool) {
+    FUSE_BLOCKS.store(on, Ordering::Relaxed);
+}
+
+/// `Some((has_expand, node_count))` when the nodes from `i` on form an inverted-residual
+/// block that can run fused: `[1×1 expand →] depthwise → 1×1 project`, each intermediate
+/// read by the next node only, no residual before the project.
+fn fusable_block(
+    nodes: &[Node],
+    layers: &[ConvLayer],
+    layer_of_node: &[usize],
+    last_use: &[usize],
+    i: usize,
+) -> Option<(bool, usize)> {
+    let conv = |n: usize| match nodes.get(n) {
+        Some(Node::Conv { src, residual, .. }) => {
+            Some((&layers[layer_of_node[n]], *src, *residual))
+        }
+        _ => None,
+    };
+    // Node n's output (value n + 1) is read by node n + 1 alone, as its input.
+    let chained = |n: usize| {
+        last_use[n + 1] == n + 1
+            && conv(n + 1).is_some_and(|(_, src, residual)| src == n + 1 && residual != Some(n + 1))
+    };
+    let pointwise = |l: &ConvLayer| matches!(l.kind, ConvKind::Pointwise(_));
+    let depthwise = |l: &ConvLayer| matches!(l.kind, ConvKind::Depthwise(_));
+    let (first, _, first_residual) = conv(i)?;
+    if first_residual.is_some() || !FUSE_BLOCKS.load(Ordering::Relaxed) {
+        return None;
+    }
+    if depthwise(first) {
+        let (project, ..) = conv(i + 1)?;
+        return (pointwise(project) && chained(i)).then_some((false, 2));
+    }
+    let (dw, _, dw_residual) = conv(i + 1)?;
+    let (project, ..) = conv(i + 2)?;
+    (pointwise(first)
+        && depthwise(dw)
+        && dw_residual.is_none()
+        && pointwise(project)
+        && chained(i)
+        && chained(i + 1))
+    .then_some((true, 3))
+}
+
+/// An inverted-residual block run layer by layer, each kernel split across the threads.
+/// `dw_dims` are the depthwise input and output shapes.
+#[allow(clippy::too_many_arguments)]
+fn layered_block(
+    input: &[f32],
+    dims: Nhwc,
+    expand: Option<&fused::Pointwise>,
+    dw: &fused::Depthwise,
+    (dw_in, dw_out): (Nhwc, Nhwc),
+    project: &fused::Pointwise,
+    residual: Option<&[f32]>,
+    out: &mut [f32],
+    scratch: &mut [Vec<f32>; 2],
+    profile: &mut Profile,
+) -> Result<()> {
+    let [expanded, depthwise] = scratch;
+    let t = Instant::now();
+    let dw_input = match expand {
+        Some(e) => {
+            let expanded = &mut expanded[..dw_in.len()];
+            let rows = dims.h * dims.w;
+            kernels::pointwise_conv(
+                input, rows, dims.c, e.weights, e.bias, e.act, false, expanded,
+            )?;
+            profile.add(Stage::Pointwise, t);
+            &*expanded
+        }
+        None => input,
+    };
+    let t = Instant::now();
+    let depthwise = &mut depthwise[..dw_out.len()];
+    kernels::depthwise_conv(dw_input, dw_in, dw.win, dw.taps, dw.bias, dw.act, depthwise)?;
+    profile.add(Stage::Depthwise, t);
+    let t = Instant::now();
+    if let Some(r) = residual {
+        out.copy_from_slice(r);
+    }
+    let rows = dw_out.h * dw_out.w;
+    kernels::pointwise_conv(
+        depthwise,
+        rows,
+        dw_out.c,
+        project.weights,
+        project.bias,
+        project.act,
+        residual.is_some(),
+        out,
+    )?;
+    profile.add(Stage::Pointwise, t);
+    Ok(())
+}
+
 /// Two distinct buffers, one to read and one to write.
 fn split_pair(buffers: &mut [Vec<f32>], read: usize, write: usize) -> (&[f32], &mut [f32]) {
     debug_assert_ne!(read, write);
@@ -258,52 +390,83 @@ impl Plan {
         }
         last_use[values - 1] = usize::MAX;
 
-        // Greedy buffer assignment; a residual that dies at its add is accumulated in place.
+        // Greedy buffer assignment over groups of nodes (one node, or a fused block); a
+        // residual that dies at a single convolution's add is accumulated in place.
         let mut holder: Vec<Option<usize>> = vec![Some(0)];
-        let mut value_buffer = vec![0usize; values];
+        let mut value_buffer = vec![usize::MAX; values];
+        value_buffer[0] = 0;
         let mut steps = Vec::with_capacity(arch.nodes.len());
-        for (i, node) in arch.nodes.iter().enumerate() {
-            let out = i + 1;
-            let src = match node {
+        let mut i = 0;
+        while i < arch.nodes.len() {
+            let block = fusable_block(&arch.nodes, &layers, &layer_of_node, &last_use, i);
+            let last = block.map_or(i, |(_, len)| i + len - 1);
+            let out = last + 1;
+            let src = match &arch.nodes[i] {
                 Node::Conv { src, .. } | Node::MaxPool { src, .. } => *src,
             };
-            let residual = match node {
+            let residual = match &arch.nodes[last] {
                 Node::Conv { residual, .. } => *residual,
                 Node::MaxPool { .. } => None,
             };
             let dead_before = |v: usize| last_use[v] < i;
-            let (dst, mode) = match residual {
-                Some(r) if last_use[r] == i && r != src => (value_buffer[r], Residual::InPlace),
-                _ => {
-                    let free = holder
-                        .iter()
-                        .position(|h| h.is_none_or(&dead_before))
-                        .unwrap_or_else(|| {
-                            holder.push(None);
-                            holder.len() - 1
-                        });
-                    let mode = match residual {
-                        Some(r) => Residual::Copy(value_buffer[r]),
-                        None => Residual::None,
-                    };
-                    (free, mode)
+            let free = |holder: &mut Vec<Option<usize>>| {
+                holder
+                    .iter()
+                    .position(|h| h.is_none_or(&dead_before))
+                    .unwrap_or_else(|| {
+                        holder.push(None);
+                        holder.len() - 1
+                    })
+            };
+            let src_buffer = value_buffer[src];
+            let step = match (&arch.nodes[i], block) {
+                (_, Some((expand, _))) => {
+                    let dst = free(&mut holder);
+                    let layer = |n: usize| layer_of_node[n];
+                    Step::Block {
+                        node: i,
+                        expand: expand.then(|| layer(i)),
+                        depthwise: layer(last - 1),
+                        project: layer(last),
+                        src: src_buffer,
+                        dst,
+                        residual: residual.map(|r| value_buffer[r]),
+                    }
                 }
+                (Node::Conv { .. }, None) => {
+                    let (dst, mode) = match residual {
+                        Some(r) if last_use[r] == i && r != src => {
+                            (value_buffer[r], Residual::InPlace)
+                        }
+                        _ => {
+                            let mode = match residual {
+                                Some(r) => Residual::Copy(value_buffer[r]),
+                                None => Residual::None,
+                            };
+                            (free(&mut holder), mode)
+                        }
+                    };
+                    Step::Conv {
+                        node: i,
+                        layer: layer_of_node[i],
+                        src: src_buffer,
+                        dst,
+                        residual: mode,
+                    }
+                }
+                (Node::MaxPool { .. }, None) => Step::MaxPool {
+                    node: i,
+                    src: src_buffer,
+                    dst: free(&mut holder),
+                },
+            };
+            let dst = match step {
+                Step::Conv { dst, .. } | Step::MaxPool { dst, .. } | Step::Block { dst, .. } => dst,
             };
             holder[dst] = Some(out);
             value_buffer[out] = dst;
-            let src_buffer = value_buffer[src];
-            steps.push(match node {
-                Node::Conv { .. } => Step::Conv {
-                    layer: layer_of_node[i],
-                    src: src_buffer,
-                    dst,
-                    residual: mode,
-                },
-                Node::MaxPool { .. } => Step::MaxPool {
-                    src: src_buffer,
-                    dst,
-                },
-            });
+            steps.push(step);
+            i = last + 1;
         }
         Ok(Self {
             buffer_count: holder.len(),
@@ -451,11 +614,17 @@ impl Plan {
         let image_len = 3 * h * w;
         let start = layout.start_offset();
         let images = &data[start..start + n * image_len];
+        // One image alone is split into bands across the threads; a batch runs an image per thread.
+        let bands = if n == 1 {
+            rayon::current_num_threads()
+        } else {
+            1
+        };
         let one = |image: &[f32], profile: &mut Profile| -> Result<(Vec<f32>, Nhwc)> {
             let t = Instant::now();
             let mut ws = self.take_workspace(h, w)?;
             profile.add(Stage::Alloc, t);
-            let result = self.execute(image, &mut ws, profile).and_then(|()| {
+            let result = self.execute(image, &mut ws, bands, profile).and_then(|()| {
                 let last = self.value_buffer[self.arch.nodes.len()];
                 let dims = ws.dims[self.arch.nodes.len()];
                 Ok((
@@ -540,19 +709,39 @@ impl Plan {
         }
         let mut sizes = vec![0usize; self.buffer_count];
         for (v, d) in dims.iter().enumerate() {
-            let b = self.value_buffer[v];
-            sizes[b] = sizes[b].max(d.len());
+            // Values inside fused blocks have no buffer.
+            if let Some(size) = sizes.get_mut(self.value_buffer[v]) {
+                *size = (*size).max(d.len());
+            }
+        }
+        let mut scratch = [0usize; 2];
+        for step in &self.steps {
+            if let Step::Block { node, expand, .. } = *step {
+                let dw_node = node + usize::from(expand.is_some());
+                if dims[dw_node + 2].h < LAYERED_BELOW_ROWS {
+                    scratch[0] = scratch[0].max(dims[dw_node].len());
+                    scratch[1] = scratch[1].max(dims[dw_node + 1].len());
+                }
+            }
         }
         Ok(Workspace {
             key: (h, w),
             buffers: sizes.into_iter().map(|s| vec![0.0; s]).collect(),
             dims,
             windows,
+            scratch: scratch.map(|len| vec![0.0; len]),
         })
     }
 
     /// Runs the steps on one NCHW image.
-    fn execute(&self, image: &[f32], ws: &mut Workspace, profile: &mut Profile) -> Result<()> {
+    /// `bands` > 1 runs each fused block in that many bands of rows in parallel.
+    fn execute(
+        &self,
+        image: &[f32],
+        ws: &mut Workspace,
+        bands: usize,
+        profile: &mut Profile,
+    ) -> Result<()> {
         let t = Instant::now();
         let dims = ws.dims[0];
         kernels::nchw_to_nhwc(
@@ -561,19 +750,21 @@ impl Plan {
             &mut ws.buffers[self.value_buffer[0]][..dims.len()],
         )?;
         profile.add(Stage::Layout, t);
-        for (i, step) in self.steps.iter().enumerate() {
+        let node_src = |node: usize| match &self.arch.nodes[node] {
+            Node::Conv { src, .. } | Node::MaxPool { src, .. } => *src,
+        };
+        for step in &self.steps {
             let t = Instant::now();
-            let in_dims = ws.dims[match &self.arch.nodes[i] {
-                Node::Conv { src, .. } | Node::MaxPool { src, .. } => *src,
-            }];
-            let out_dims = ws.dims[i + 1];
             match *step {
                 Step::Conv {
+                    node,
                     layer,
                     src,
                     dst,
                     residual,
                 } => {
+                    let in_dims = ws.dims[node_src(node)];
+                    let out_dims = ws.dims[node + 1];
                     let l = &self.layers[layer];
                     if let Residual::Copy(from) = residual {
                         let (r, d) = split_pair(&mut ws.buffers, from, dst);
@@ -584,7 +775,7 @@ impl Plan {
                     let x = &x[..in_dims.len()];
                     let y = &mut y[..out_dims.len()];
                     let act = l.spec.act;
-                    let win = ws.windows[i];
+                    let win = ws.windows[node];
                     let stage = match &l.kind {
                         ConvKind::Pointwise(weights) => {
                             let rows = in_dims.n * in_dims.h * in_dims.w;
@@ -610,11 +801,78 @@ impl Plan {
                     };
                     profile.add(stage, t);
                 }
-                Step::MaxPool { src, dst } => {
-                    let win = ws.windows[i];
+                Step::MaxPool { node, src, dst } => {
+                    let in_dims = ws.dims[node_src(node)];
+                    let out_dims = ws.dims[node + 1];
+                    let win = ws.windows[node];
                     let (x, y) = split_pair(&mut ws.buffers, src, dst);
                     kernels::max_pool(&x[..in_dims.len()], in_dims, win, &mut y[..out_dims.len()])?;
                     profile.add(Stage::MaxPool, t);
+                }
+                Step::Block {
+                    node,
+                    expand,
+                    depthwise,
+                    project,
+                    src,
+                    dst,
+                    residual,
+                } => {
+                    let dw_node = node + usize::from(expand.is_some());
+                    let in_dims = ws.dims[node_src(node)];
+                    let out_dims = ws.dims[dw_node + 2];
+                    let pointwise = |layer: usize| match &self.layers[layer].kind {
+                        ConvKind::Pointwise(weights) => Ok(fused::Pointwise {
+                            weights,
+                            bias: &self.layers[layer].bias,
+                            act: self.layers[layer].spec.act,
+                        }),
+                        _ => Err(KernelError::Input("fused block without 1x1 layer".into())),
+                    };
+                    let expand = expand.map(pointwise).transpose()?;
+                    let project = pointwise(project)?;
+                    let ConvKind::Depthwise(taps) = &self.layers[depthwise].kind else {
+                        return Err(KernelError::Input("fused block without depthwise".into()));
+                    };
+                    let dw = fused::Depthwise {
+                        taps,
+                        bias: &self.layers[depthwise].bias,
+                        act: self.layers[depthwise].spec.act,
+                        win: ws.windows[dw_node],
+                    };
+                    // The output buffer is taken out so the input and residual can be read.
+                    let mut out = std::mem::take(&mut ws.buffers[dst]);
+                    let x = &ws.buffers[src][..in_dims.len()];
+                    let residual = residual.map(|r| &ws.buffers[r][..out_dims.len()]);
+                    let y = &mut out[..out_dims.len()];
+                    if bands > 1 && out_dims.h < LAYERED_BELOW_ROWS {
+                        let dw_dims = (ws.dims[dw_node], ws.dims[dw_node + 1]);
+                        layered_block(
+                            x,
+                            in_dims,
+                            expand.as_ref(),
+                            &dw,
+                            dw_dims,
+                            &project,
+                            residual,
+                            y,
+                            &mut ws.scratch,
+                            profile,
+                        )?;
+                    } else {
+                        fused::inverted_residual(
+                            x,
+                            in_dims,
+                            expand.as_ref(),
+                            &dw,
+                            &project,
+                            residual,
+                            y,
+                            bands,
+                        );
+                        profile.add(Stage::FusedBlock, t);
+                    }
+                    ws.buffers[dst] = out;
                 }
             }
         }

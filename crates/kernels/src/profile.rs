@@ -14,6 +14,8 @@ pub enum Stage {
     StridedPointwise,
     /// Depthwise convolutions.
     Depthwise,
+    /// Inverted-residual blocks run fused (1×1 expand, depthwise, 1×1 project together).
+    FusedBlock,
     /// BatchNorm (folded away in the fast plan).
     BatchNorm,
     /// Activations (fused in the fast plan).
@@ -40,6 +42,7 @@ impl Stage {
             Stage::Pointwise => "1x1 conv",
             Stage::StridedPointwise => "1x1 conv, strided",
             Stage::Depthwise => "depthwise conv",
+            Stage::FusedBlock => "fused block (1x1+dw+1x1)",
             Stage::BatchNorm => "batch norm",
             Stage::Activation => "activation",
             Stage::ResidualAdd => "residual add",
