@@ -129,6 +129,21 @@ fn gemm_floor() -> Result<f64> {
     Ok(2.0 * (n * n * n) as f64 / median / 1e9)
 }
 
+/// The plan's own GEMM (`pointwise_conv`, AVX-512 micro-kernel where present) at 1024³.
+fn own_gemm_rate() -> Result<f64> {
+    use wtb_kernels::kernels::{pointwise_conv, Activation, PackedWeights};
+    let n = 1024;
+    let a = vec![1.0f32; n * n];
+    let w = PackedWeights::new(&vec![0.5f32; n * n], n, n)?;
+    let bias = vec![0.0f32; n];
+    let mut c = vec![0.0f32; n * n];
+    let (median, _) = time(2, 10, || {
+        pointwise_conv(&a, n, n, &w, &bias, Activation::Identity, false, &mut c)?;
+        Ok(())
+    })?;
+    Ok(2.0 * (n * n * n) as f64 / median / 1e9)
+}
+
 fn ort_rate(args: &Args, onnx: &Path, batch: usize, runs: usize) -> Result<f64> {
     let worker = concat!(env!("CARGO_MANIFEST_DIR"), "/kernels_ort_worker.py");
     let out = Command::new(&args.python)
@@ -281,7 +296,11 @@ fn main() -> Result<()> {
         args.ort_threads
     );
     let floor = gemm_floor()?;
-    println!("f32 GEMM floor (gemm crate 0.19, 1024^3, {threads} threads): {floor:.1} GFLOP/s\n");
+    println!("f32 GEMM floor (gemm crate 0.19, 1024^3, {threads} threads): {floor:.1} GFLOP/s");
+    println!(
+        "own GEMM (wtb-kernels pointwise_conv, 1024^3, {threads} threads): {:.1} GFLOP/s\n",
+        own_gemm_rate()?
+    );
 
     let mnv2_path = shared.join("models/mobilenet_v2_torchvision_imagenet1k.safetensors");
     let mnv2 = Plan::mobilenet_v2(load_vb(&mnv2_path)?)?;

@@ -17,6 +17,9 @@ pub(crate) const NR: usize = 32;
 /// Rows per micro-kernel call: 12 rows × 2 vectors = 24 of the 32 vector registers.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const MR: usize = 12;
+/// Depth of one K slice: 256 rows of a panel are 32 KB, which stays in a 48 KB L1.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+const KC: usize = 256;
 
 /// `[k, n]` weights (row-major: input channel, output channel) packed for the GEMM kernels.
 ///
@@ -209,7 +212,7 @@ fn activate(v: f32, act: Activation) -> f32 {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{Activation, Block, PackedWeights, MR, NR};
+    use super::{Activation, Block, PackedWeights, KC, MR, NR};
 
     /// Lanes of vector `v` (0 or 1) that hold one of the `cols` valid columns.
     #[inline(always)]
@@ -233,49 +236,130 @@ mod avx512 {
         out: *mut f32,
         ldc: usize,
     ) {
-        let k = w.k;
-        let mut r = block.r0;
-        while r < block.r1 {
-            let m = MR.min(block.r1 - r);
-            let a_rows = a.add((r - block.r0) * lda);
-            for c0 in (block.c0..block.c1).step_by(NR) {
-                let cols = NR.min(block.c1 - c0);
-                let tile = Tile {
-                    k,
-                    a: a_rows,
-                    lda,
-                    b: w.panel(c0 / NR).as_ptr(),
-                    bias: bias.as_ptr().add(c0),
-                    cols,
-                    act,
-                    res: if residual.is_null() {
-                        residual
-                    } else {
-                        residual.add(r * ldc + c0)
-                    },
-                    c: out.add(r * ldc + c0),
-                    ldc,
-                };
-                macro_rules! run {
-                    ($($m:literal)*) => {
-                        match (m, cols > 16) {
-                            $(($m, true) => micro::<$m, 2>(&tile),
-                              ($m, false) => micro::<$m, 1>(&tile),)*
-                            _ => unreachable!("a block has 1..=MR rows"),
-                        }
-                    };
-                }
-                run!(1 2 3 4 5 6 7 8 9 10 11 12);
+        // Panel outermost, so one panel's rows (a KC-row slice of it: 32 KB) stay in L1
+        // while every row block of the task streams past; K is cut in KC slices so that
+        // holds for the deep layers too, partial sums going through `out`. With several
+        // panels, each K slice of A is first packed row block by row block ([k][MR]): the
+        // micro-kernel then reads one contiguous stream instead of 12 rows whose stride
+        // (a multiple of the channel count) maps them onto few L1 sets.
+        PACKED_A.with(|cell| {
+            block_with(
+                &mut cell.borrow_mut(),
+                block,
+                a,
+                lda,
+                w,
+                bias,
+                act,
+                residual,
+                out,
+                ldc,
+            )
+        })
+    }
+
+    /// [`block`] with the thread's buffer for packed A.
+    ///
+    /// # Safety
+    /// As [`block`].
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+    unsafe fn block_with(
+        packed: &mut Vec<f32>,
+        block: Block,
+        a: *const f32,
+        lda: usize,
+        w: &PackedWeights,
+        bias: &[f32],
+        act: Activation,
+        residual: *const f32,
+        out: *mut f32,
+        ldc: usize,
+    ) {
+        let rows = block.r1 - block.r0;
+        let pack = block.c1 - block.c0 > NR;
+        {
+            if pack && packed.len() < rows.div_ceil(MR) * MR * KC {
+                packed.resize(rows.div_ceil(MR) * MR * KC, 0.0);
             }
-            r += m;
+            for k0 in (0..w.k.max(1)).step_by(KC) {
+                let k1 = (k0 + KC).min(w.k);
+                let kc = k1 - k0;
+                if pack {
+                    for (rb, dst) in packed
+                        .chunks_exact_mut(MR * kc)
+                        .take(rows.div_ceil(MR))
+                        .enumerate()
+                    {
+                        let m = MR.min(rows - rb * MR);
+                        for r in 0..m {
+                            let src =
+                                std::slice::from_raw_parts(a.add((rb * MR + r) * lda + k0), kc);
+                            for (k, v) in src.iter().enumerate() {
+                                *dst.get_unchecked_mut(k * MR + r) = *v;
+                            }
+                        }
+                    }
+                }
+                for c0 in (block.c0..block.c1).step_by(NR) {
+                    let cols = NR.min(block.c1 - c0);
+                    let panel = w.panel(c0 / NR).as_ptr();
+                    let mut r = block.r0;
+                    while r < block.r1 {
+                        let m = MR.min(block.r1 - r);
+                        let (a_tile, a_rs, a_ks) = if pack {
+                            (packed.as_ptr().add((r - block.r0) * kc), 1, MR)
+                        } else {
+                            (a.add((r - block.r0) * lda + k0), lda, 1)
+                        };
+                        let tile = Tile {
+                            k: kc,
+                            a: a_tile,
+                            a_rs,
+                            a_ks,
+                            b: panel.add(k0 * NR),
+                            bias: bias.as_ptr().add(c0),
+                            cols,
+                            act,
+                            res: if residual.is_null() {
+                                residual
+                            } else {
+                                residual.add(r * ldc + c0)
+                            },
+                            c: out.add(r * ldc + c0),
+                            ldc,
+                            first: k0 == 0,
+                            last: k1 >= w.k,
+                        };
+                        macro_rules! run {
+                            ($($m:literal)*) => {
+                                match (m, cols > 16) {
+                                    $(($m, true) => micro::<$m, 2>(&tile),
+                                      ($m, false) => micro::<$m, 1>(&tile),)*
+                                    _ => unreachable!("a block has 1..=MR rows"),
+                                }
+                            };
+                        }
+                        run!(1 2 3 4 5 6 7 8 9 10 11 12);
+                        r += m;
+                    }
+                }
+            }
         }
+    }
+
+    thread_local! {
+        /// The current K slice of A, packed; grows to the largest block once.
+        static PACKED_A: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
 
     /// One micro-kernel call: up to MR rows × one panel.
     struct Tile {
         k: usize,
         a: *const f32,
-        lda: usize,
+        /// Distance between rows of A, and between its consecutive k.
+        a_rs: usize,
+        a_ks: usize,
         b: *const f32,
         bias: *const f32,
         cols: usize,
@@ -284,6 +368,10 @@ mod avx512 {
         res: *const f32,
         c: *mut f32,
         ldc: usize,
+        /// The first K slice: start from zero, not from the partial sums in `c`.
+        first: bool,
+        /// The last K slice: apply bias, residual and activation.
+        last: bool,
     }
 
     /// `M` rows × `NV` vectors of 16 columns, accumulated in registers over all of `k`,
@@ -291,7 +379,21 @@ mod avx512 {
     #[inline]
     #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
     unsafe fn micro<const M: usize, const NV: usize>(t: &Tile) {
+        let mut masks = [0 as __mmask16; NV];
+        for (v, mask) in masks.iter_mut().enumerate() {
+            *mask = lane_mask(t.cols, v);
+        }
+        // Start from the partial sums of the earlier K slices, or (first slice) from the
+        // residual, which may live in `c` itself and is read before anything is written.
         let mut acc = [[_mm512_setzero_ps(); NV]; M];
+        let start = if t.first { t.res } else { t.c.cast_const() };
+        if !start.is_null() {
+            for (r, acc) in acc.iter_mut().enumerate() {
+                for v in 0..NV {
+                    acc[v] = _mm512_maskz_loadu_ps(masks[v], start.add(r * t.ldc + v * 16));
+                }
+            }
+        }
         let mut b = t.b;
         let mut a = t.a;
         for _ in 0..t.k {
@@ -300,18 +402,24 @@ mod avx512 {
                 *bv = _mm512_loadu_ps(b.add(v * 16));
             }
             for (r, acc) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_ps(*a.add(r * t.lda));
+                let av = _mm512_set1_ps(*a.add(r * t.a_rs));
                 for v in 0..NV {
                     acc[v] = _mm512_fmadd_ps(av, bv[v], acc[v]);
                 }
             }
-            a = a.add(1);
+            a = a.add(t.a_ks);
             b = b.add(NR);
         }
-        let mut masks = [0 as __mmask16; NV];
+        if !t.last {
+            for (r, acc) in acc.iter().enumerate() {
+                for v in 0..NV {
+                    _mm512_mask_storeu_ps(t.c.add(r * t.ldc + v * 16), masks[v], acc[v]);
+                }
+            }
+            return;
+        }
         let mut bias = [_mm512_setzero_ps(); NV];
         for v in 0..NV {
-            masks[v] = lane_mask(t.cols, v);
             bias[v] = _mm512_maskz_loadu_ps(masks[v], t.bias.add(v * 16));
         }
         let zero = _mm512_setzero_ps();
@@ -320,10 +428,6 @@ mod avx512 {
             for v in 0..NV {
                 let dst = t.c.add(r * t.ldc + v * 16);
                 let mut x = _mm512_add_ps(acc[v], bias[v]);
-                if !t.res.is_null() {
-                    let res = t.res.add(r * t.ldc + v * 16);
-                    x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(masks[v], res));
-                }
                 x = match t.act {
                     Activation::Identity => x,
                     Activation::Relu => _mm512_max_ps(x, zero),
@@ -378,6 +482,7 @@ mod tests {
     #[test]
     fn blocks_match_a_naive_product_on_both_paths() {
         for (rows, k, n) in [
+            (30, 600, 72),
             (1, 5, 8),
             (13, 27, 32),
             (25, 16, 24),
