@@ -374,6 +374,13 @@ fn im2col(input: &[f32], dims: Nhwc, win: Window, r0: usize, r1: usize, patches:
                 continue;
             }
             let src_row = (n * dims.h + iy as usize) * dims.w * c;
+            // NHWC: the k pixels of this window row are contiguous when all are inside.
+            let ix0 = (ox * win.stride) as isize - win.pad_left as isize;
+            if ix0 >= 0 && ix0 as usize + win.k <= dims.w {
+                let at = src_row + ix0 as usize * c;
+                dst_row.copy_from_slice(&input[at..at + win.k * c]);
+                continue;
+            }
             for kx in 0..win.k {
                 let ix = (ox * win.stride + kx) as isize - win.pad_left as isize;
                 let dst = &mut dst_row[kx * c..(kx + 1) * c];
