@@ -56,6 +56,9 @@ fn parse_args() -> Result<Args> {
             "--skip-stock" => a.skip_stock = true,
             "--ab-gemm" => a.ab = Some(("gemm".into(), value("--ab-gemm")?.parse()?)),
             "--ab-fuse" => a.ab = Some(("fuse".into(), value("--ab-fuse")?.parse()?)),
+            "--ab-gemm-resnet" => {
+                a.ab = Some(("gemm-resnet".into(), value("--ab-gemm-resnet")?.parse()?))
+            }
             "--bench" => {} // passed by `cargo bench`
             other => bail!("unknown argument {other}"),
         }
@@ -236,17 +239,24 @@ fn resnet50_vb(names_shapes: &Path) -> Result<VarBuilder<'static>> {
 /// `--ab-gemm ROUNDS` / `--ab-fuse ROUNDS`: MobileNetV2 with a change and without it,
 /// interleaved in one process: the own AVX-512 GEMM vs the `gemm`-crate path, or fused
 /// inverted-residual blocks vs layer by layer. Median wall time per call.
-fn ab(mnv2_path: &Path, what: &str, rounds: usize, quick: bool) -> Result<()> {
+fn ab(mnv2_path: &Path, resnet_names: &Path, what: &str, rounds: usize, quick: bool) -> Result<()> {
     use wtb_kernels::{fuse_blocks, kernels::force_portable_gemm};
-    let with = Plan::mobilenet_v2(load_vb(mnv2_path)?)?;
+    let build = || -> Result<Plan> {
+        Ok(match what {
+            "gemm-resnet" => Plan::resnet50(resnet50_vb(resnet_names)?)?,
+            _ => Plan::mobilenet_v2(load_vb(mnv2_path)?)?,
+        })
+    };
+    let with = build()?;
     fuse_blocks(what != "fuse");
-    let without = Plan::mobilenet_v2(load_vb(mnv2_path)?)?;
+    let without = build()?;
     fuse_blocks(true);
+    let what = if what == "gemm-resnet" { "gemm" } else { what };
     let (on, off) = match what {
         "gemm" => ("own AVX-512 GEMM", "gemm crate"),
         _ => ("fused blocks", "layer by layer"),
     };
-    println!("## A/B on MobileNetV2: {on} vs {off} (median ms per call)\n");
+    println!("## A/B: {on} vs {off} (median ms per call)\n");
     println!("| round | batch | {on} | {off} | ratio |");
     println!("|---|---|---|---|---|");
     for round in 1..=rounds {
@@ -308,7 +318,13 @@ fn main() -> Result<()> {
     println!("MobileNetV2 features: {gflop:.4} GFLOP per image (224x224)\n");
 
     if let Some((what, rounds)) = &args.ab {
-        return ab(&mnv2_path, what, *rounds, args.quick);
+        return ab(
+            &mnv2_path,
+            &shared.join("golden/names_shapes.txt"),
+            what,
+            *rounds,
+            args.quick,
+        );
     }
 
     // 1. MobileNetV2 fast plan vs ONNX Runtime, interleaved per pass and batch.

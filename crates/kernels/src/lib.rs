@@ -5,9 +5,13 @@
 //! residual add are fused into the kernel that produces them, activations are NHWC so that
 //! every 1×1 convolution is one GEMM over weights packed at load time (an own AVX-512
 //! micro-kernel with the epilogue fused; the `gemm` crate elsewhere), dense convolutions run
-//! as im2col + GEMM per block, depthwise convolutions run a direct
-//! vectorised kernel, and activation buffers are planned once per input shape and reused.
-//! Work is split over batch and space on the rayon pool.
+//! as im2col + GEMM per block, depthwise convolutions run a direct vectorised kernel, and
+//! activation buffers are planned once per input shape and reused.
+//!
+//! Inverted-residual blocks (1×1 expand → depthwise → 1×1 project) run fused, a few rows at
+//! a time, so their expanded activations never go out to memory whole. A batch runs one
+//! image per thread, each on its own buffers; a single image is split across the threads
+//! (bands of rows for the large blocks, each kernel's rows and columns for the small ones).
 //!
 //! [`Reference`] runs the same networks with stock candle ops, op by op; both have a
 //! `profile` that reports time per layer type ([`Profile`]).

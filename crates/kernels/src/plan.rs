@@ -72,12 +72,13 @@ enum Step {
     },
 }
 
-/// Buffers and shapes for one image of one input size, reused by every call with that size.
+/// Buffers and shapes for one batch size and input size, reused by every call with them
+/// (batch 1 for plans with fused blocks, which run one image per thread).
 struct Workspace {
-    /// Input height and width.
-    key: (usize, usize),
+    /// Images, input height and width.
+    key: (usize, usize, usize),
     buffers: Vec<Vec<f32>>,
-    /// NHWC shape of each value (batch 1).
+    /// NHWC shape of each value.
     dims: Vec<Nhwc>,
     /// Window of each node.
     windows: Vec<Window>,
@@ -620,32 +621,41 @@ impl Plan {
         } else {
             1
         };
-        let one = |image: &[f32], profile: &mut Profile| -> Result<(Vec<f32>, Nhwc)> {
-            let t = Instant::now();
-            let mut ws = self.take_workspace(h, w)?;
-            profile.add(Stage::Alloc, t);
-            let result = self.execute(image, &mut ws, bands, profile).and_then(|()| {
-                let last = self.value_buffer[self.arch.nodes.len()];
-                let dims = ws.dims[self.arch.nodes.len()];
-                Ok((
-                    finish(&ws.buffers[last][..dims.len()], dims, profile)?,
-                    dims,
-                ))
-            });
-            if let Ok(mut idle) = self.workspaces.lock() {
-                idle.push(ws);
-            }
-            result
-        };
-        if n == 1 {
-            return one(images, profile);
+        // `count` images through one workspace, then `finish` on each image's feature map.
+        let run_images =
+            |images: &[f32], count: usize, profile: &mut Profile| -> Result<(Vec<f32>, Nhwc)> {
+                let t = Instant::now();
+                let mut ws = self.take_workspace(count, h, w)?;
+                profile.add(Stage::Alloc, t);
+                let result = self
+                    .execute(images, &mut ws, bands, profile)
+                    .and_then(|()| {
+                        let last = self.value_buffer[self.arch.nodes.len()];
+                        let dims = ws.dims[self.arch.nodes.len()];
+                        let one = Nhwc { n: 1, ..dims };
+                        let mut values = Vec::new();
+                        for image in ws.buffers[last][..dims.len()].chunks_exact(one.len().max(1)) {
+                            values.extend(finish(image, one, profile)?);
+                        }
+                        Ok((values, one))
+                    });
+                if let Ok(mut idle) = self.workspaces.lock() {
+                    idle.push(ws);
+                }
+                result
+            };
+        // Networks without fused blocks (ResNet50) are dominated by their weights: the whole
+        // batch goes through each layer at once, so each weight is read once per batch.
+        let has_blocks = self.steps.iter().any(|s| matches!(s, Step::Block { .. }));
+        if n == 1 || !has_blocks {
+            return run_images(images, n, profile);
         }
         let outputs: Vec<(ImageOutput, Profile)> = images
             .par_chunks(image_len)
             .with_max_len(1)
             .map(|image| {
                 let mut own = profile.child();
-                (one(image, &mut own), own)
+                (run_images(image, 1, &mut own), own)
             })
             .collect();
         let mut values = Vec::new();
@@ -661,20 +671,19 @@ impl Plan {
     }
 
     /// An idle workspace for an `h × w` image, or a new one.
-    fn take_workspace(&self, h: usize, w: usize) -> Result<Workspace> {
+    fn take_workspace(&self, n: usize, h: usize, w: usize) -> Result<Workspace> {
         let idle = self.workspaces.lock().ok().and_then(|mut idle| {
             // Workspaces of another input size will not be used again soon.
-            idle.retain(|ws| ws.key == (h, w));
+            idle.retain(|ws| ws.key == (n, h, w));
             idle.pop()
         });
         match idle {
             Some(ws) => Ok(ws),
-            None => self.workspace_for(h, w),
+            None => self.workspace_for(n, h, w),
         }
     }
 
-    fn workspace_for(&self, h: usize, w: usize) -> Result<Workspace> {
-        let n = 1;
+    fn workspace_for(&self, n: usize, h: usize, w: usize) -> Result<Workspace> {
         let mut dims = vec![Nhwc { n, h, w, c: 3 }];
         let mut windows = Vec::with_capacity(self.arch.nodes.len());
         for node in &self.arch.nodes {
@@ -725,7 +734,7 @@ impl Plan {
             }
         }
         Ok(Workspace {
-            key: (h, w),
+            key: (n, h, w),
             buffers: sizes.into_iter().map(|s| vec![0.0; s]).collect(),
             dims,
             windows,
@@ -733,7 +742,7 @@ impl Plan {
         })
     }
 
-    /// Runs the steps on one NCHW image.
+    /// Runs the steps on NCHW images (one, where the plan has fused blocks).
     /// `bands` > 1 runs each fused block in that many bands of rows in parallel.
     fn execute(
         &self,
