@@ -12,7 +12,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use crate::kernels::{depthwise_row_dispatch, Activation, Nhwc, PackedWeights, Window};
+use crate::kernels::{depthwise_row_dispatch, Activation, Nhwc, PackedWeights, SharedOut, Window};
 use crate::matmul::{gemm_block, Block};
 
 /// A 1×1 convolution: packed weights, folded bias, activation.
@@ -36,20 +36,6 @@ const MIN_GROUP_PIXELS: usize = 64;
 thread_local! {
     /// Expanded rows and depthwise rows of the current band; grow once, then reused.
     static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
-}
-
-/// A raw pointer shared by bands that touch disjoint rows.
-#[derive(Clone, Copy)]
-struct Shared(*mut f32);
-// SAFETY: bands write disjoint output rows and only read the input and residual.
-unsafe impl Send for Shared {}
-// SAFETY: as above.
-unsafe impl Sync for Shared {}
-
-impl Shared {
-    fn ptr(self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// Runs one inverted-residual block on one image.
@@ -78,7 +64,7 @@ pub(crate) fn inverted_residual(
     debug_assert_eq!(out.len(), win.out_h * win.out_w * cout);
     debug_assert!(residual.is_none_or(|r| r.len() == out.len()));
     let rows_per_band = win.out_h.div_ceil(bands.clamp(1, win.out_h.max(1)));
-    let shared = Shared(out.as_mut_ptr());
+    let shared = SharedOut(out.as_mut_ptr());
     let run = |band: usize| {
         let oy0 = band * rows_per_band;
         let oy1 = (oy0 + rows_per_band).min(win.out_h);
@@ -114,7 +100,7 @@ unsafe fn band_rows(
     depthwise: &Depthwise,
     project: &Pointwise,
     residual: Option<&[f32]>,
-    out: Shared,
+    out: SharedOut,
     exp_c: usize,
     cout: usize,
     oy0: usize,

@@ -241,17 +241,17 @@ fn fmadd<const FMA: bool>(acc: f32, a: f32, b: f32) -> f32 {
     }
 }
 
-/// A raw output pointer shared by tasks that write disjoint blocks.
+/// A raw output pointer shared by tasks that write disjoint blocks (or rows).
 #[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: every task writes a block that no other task touches (see `blocks`).
+pub(crate) struct SharedOut(pub(crate) *mut f32);
+// SAFETY: every user hands each task a disjoint part of the output (GEMM blocks, bands).
 unsafe impl Send for SharedOut {}
 // SAFETY: as above.
 unsafe impl Sync for SharedOut {}
 
 impl SharedOut {
     /// A method, so closures capture the whole (Sync) wrapper rather than its raw field.
-    fn ptr(self) -> *mut f32 {
+    pub(crate) fn ptr(self) -> *mut f32 {
         self.0
     }
 }
