@@ -333,9 +333,11 @@ mod avx512 {
                         };
                         macro_rules! run {
                             ($($m:literal)*) => {
-                                match (m, cols > 16) {
-                                    $(($m, true) => micro::<$m, 2>(&tile),
-                                      ($m, false) => micro::<$m, 1>(&tile),)*
+                                match (m, cols > 16, pack) {
+                                    $(($m, true, true) => micro::<$m, 2, true>(&tile),
+                                      ($m, false, true) => micro::<$m, 1, true>(&tile),
+                                      ($m, true, false) => micro::<$m, 2, false>(&tile),
+                                      ($m, false, false) => micro::<$m, 1, false>(&tile),)*
                                     _ => unreachable!("a block has 1..=MR rows"),
                                 }
                             };
@@ -378,7 +380,10 @@ mod avx512 {
     /// then bias, residual and activation before one masked store per vector.
     #[inline]
     #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-    unsafe fn micro<const M: usize, const NV: usize>(t: &Tile) {
+    unsafe fn micro<const M: usize, const NV: usize, const PACKED: bool>(t: &Tile) {
+        // Packed A has constant strides, so its broadcasts use immediate offsets rather
+        // than a chain of address additions.
+        let (a_rs, a_ks) = if PACKED { (1, MR) } else { (t.a_rs, t.a_ks) };
         let mut masks = [0 as __mmask16; NV];
         for (v, mask) in masks.iter_mut().enumerate() {
             *mask = lane_mask(t.cols, v);
@@ -402,12 +407,12 @@ mod avx512 {
                 *bv = _mm512_loadu_ps(b.add(v * 16));
             }
             for (r, acc) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_ps(*a.add(r * t.a_rs));
+                let av = _mm512_set1_ps(*a.add(r * a_rs));
                 for v in 0..NV {
                     acc[v] = _mm512_fmadd_ps(av, bv[v], acc[v]);
                 }
             }
-            a = a.add(t.a_ks);
+            a = a.add(a_ks);
             b = b.add(NR);
         }
         if !t.last {
