@@ -147,32 +147,65 @@ fn own_gemm_rate() -> Result<f64> {
     Ok(2.0 * (n * n * n) as f64 / median / 1e9)
 }
 
-fn ort_rate(args: &Args, onnx: &Path, batch: usize, runs: usize) -> Result<f64> {
-    let worker = concat!(env!("CARGO_MANIFEST_DIR"), "/kernels_ort_worker.py");
-    let out = Command::new(&args.python)
-        .arg(worker)
-        .arg(onnx)
-        .arg(batch.to_string())
-        .arg(runs.to_string())
-        .arg(args.ort_threads.to_string())
-        .output()
-        .with_context(|| format!("running {} {worker}", args.python))?;
-    if !out.status.success() {
-        bail!(
-            "ORT worker failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// ONNX Runtime in a persistent Python worker (`kernels_ort_worker.py --serve`).
+struct OrtWorker {
+    child: std::process::Child,
+    input: std::process::ChildStdin,
+    output: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl OrtWorker {
+    fn start(args: &Args, onnx: &Path) -> Result<Self> {
+        use std::process::Stdio;
+        let worker = concat!(env!("CARGO_MANIFEST_DIR"), "/kernels_ort_worker.py");
+        let mut child = Command::new(&args.python)
+            .arg(worker)
+            .arg(onnx)
+            .arg("--serve")
+            .arg(args.ort_threads.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running {} {worker}", args.python))?;
+        let input = child.stdin.take().context("worker stdin")?;
+        let output = std::io::BufReader::new(child.stdout.take().context("worker stdout")?);
+        Ok(Self {
+            child,
+            input,
+            output,
+        })
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("ORT worker output")?;
-    let mut times: Vec<f64> = v["times"]
-        .as_array()
-        .context("no times")?
-        .iter()
-        .filter_map(|t| t.as_f64())
-        .collect();
-    times.sort_by(f64::total_cmp);
-    let median = *times.get(times.len() / 2).context("no timed runs")?;
-    Ok(batch as f64 / median)
+
+    /// Seconds of each of `runs` timed ORT calls at `batch`.
+    fn times(&mut self, batch: usize, runs: usize) -> Result<Vec<f64>> {
+        use std::io::{BufRead, Write};
+        writeln!(self.input, "{batch} {runs}").context("writing to the ORT worker")?;
+        self.input.flush()?;
+        let mut line = String::new();
+        if self.output.read_line(&mut line)? == 0 {
+            bail!("the ORT worker exited (see its error above)");
+        }
+        let v: serde_json::Value = serde_json::from_str(&line).context("ORT worker output")?;
+        Ok(v["times"]
+            .as_array()
+            .context("no times")?
+            .iter()
+            .filter_map(|t| t.as_f64())
+            .collect())
+    }
+}
+
+impl Drop for OrtWorker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn load_vb(path: &Path) -> Result<VarBuilder<'static>> {
@@ -327,36 +360,67 @@ fn main() -> Result<()> {
         );
     }
 
-    // 1. MobileNetV2 fast plan vs ONNX Runtime, interleaved per pass and batch.
+    // 1. MobileNetV2 fast plan vs ONNX Runtime: per pass and batch, short turns of each
+    //    alternate (ORT in a persistent worker), so that a drift of the machine's speed hits
+    //    both sides alike; "paired" is the median over turns of the two rates' ratio.
     println!("## MobileNetV2: fast plan vs ONNX Runtime (median img/s per pass)\n");
-    println!("| pass | batch | fast img/s | fast GFLOP/s | ORT img/s | ORT GFLOP/s | fast / ORT |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| pass | batch | fast img/s | fast GFLOP/s | ORT img/s | ORT GFLOP/s | fast / ORT | paired |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut ort = match &args.onnx {
+        Some(onnx) => Some(OrtWorker::start(&args, onnx)?),
+        None => None,
+    };
     for pass in 1..=args.passes {
         for batch in [1usize, 32] {
             let x = input(batch, 224, 224)?;
-            let (median, _) = time(2, runs(batch), || {
-                mnv2.features(&x)?;
-                Ok(())
-            })?;
-            let fast = batch as f64 / median;
-            let ort = match &args.onnx {
-                Some(onnx) => Some(ort_rate(&args, onnx, batch, runs(batch))?),
-                None => None,
+            let (turns, per_turn) = match (batch, args.quick) {
+                (1, false) => (10, 4),
+                (1, true) => (4, 4),
+                (_, false) => (5, 1),
+                (_, true) => (2, 1),
             };
-            let (ort_s, ort_g, ratio) = match ort {
-                Some(o) => (
+            mnv2.features(&x)?;
+            let (mut fast_times, mut ort_times, mut paired) = (Vec::new(), Vec::new(), Vec::new());
+            // Both runtimes' idle threads spin for a while after a call: a pause before each
+            // turn keeps one side's spinning off the other's timed calls.
+            let settle = std::time::Duration::from_millis(40);
+            for _ in 0..turns {
+                std::thread::sleep(settle);
+                let mut turn = Vec::new();
+                for _ in 0..per_turn {
+                    let t = Instant::now();
+                    mnv2.features(&x)?;
+                    turn.push(t.elapsed().as_secs_f64());
+                }
+                if let Some(worker) = ort.as_mut() {
+                    std::thread::sleep(settle);
+                    let theirs = worker.times(batch, per_turn)?;
+                    paired.push(median(&theirs) / median(&turn));
+                    ort_times.extend(theirs);
+                }
+                fast_times.extend(turn);
+            }
+            let fast = batch as f64 / median(&fast_times);
+            let (ort_s, ort_g, ratio, pair) = if ort_times.is_empty() {
+                ("-".into(), "-".into(), "-".into(), "-".into())
+            } else {
+                let o = batch as f64 / median(&ort_times);
+                (
                     format!("{o:.1}"),
                     format!("{:.1}", o * gflop),
                     format!("{:.2}x", fast / o),
-                ),
-                None => ("-".into(), "-".into(), "-".into()),
+                    format!("{:.2}x", median(&paired)),
+                )
             };
             println!(
-                "| {pass} | {batch} | {fast:.1} | {:.1} | {ort_s} | {ort_g} | {ratio} |",
+                "| {pass} | {batch} | {fast:.1} | {:.1} | {ort_s} | {ort_g} | {ratio} | {pair} |",
                 fast * gflop
             );
         }
     }
+    drop(ort);
 
     // 2. Fast plans vs the stock candle path.
     let effl0_path = shared.join("models/efficientnet_lite0_imagenet1k.safetensors");

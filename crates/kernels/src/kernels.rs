@@ -256,32 +256,33 @@ impl SharedOut {
     }
 }
 
-/// Splits an `m × n` output among the rayon threads: by rows while there are enough of
-/// them (each task gets whole rows, so its rows of A are read once), and also by panels of
-/// columns when the matrix is short (batch 1 at 7×7 has 49 rows).
+/// Splits an `m × n` output among the rayon threads into equal parts, a multiple of the
+/// thread count, so that no thread is left with one part more than the other: by rows
+/// (each part reads its rows of A once and every panel of the weights), in parts of at most
+/// `MAX_ROWS` rows; by panels of columns only when there are too few rows to share.
 fn blocks(m: usize, n: usize) -> Vec<Block> {
-    const MIN_ROWS: usize = 48;
     const MAX_ROWS: usize = 384;
+    const MIN_ROWS: usize = 8;
     let threads = rayon::current_num_threads().max(1);
-    let target = if threads == 1 { 1 } else { threads * 3 };
-    let row_chunks = (m / MIN_ROWS).clamp(1, target).max(m.div_ceil(MAX_ROWS));
     let panels = n.div_ceil(NR);
-    let col_chunks = if row_chunks >= target {
-        1
+    let (row_parts, col_parts) = if threads == 1 {
+        (m.div_ceil(MAX_ROWS).max(1), 1)
+    } else if m >= threads * MIN_ROWS {
+        (threads * m.div_ceil(threads * MAX_ROWS).max(1), 1)
     } else {
-        (target / row_chunks).min(panels).max(1)
+        (1, threads.min(panels).max(1))
     };
-    let rows = m.div_ceil(row_chunks);
-    let cols = panels.div_ceil(col_chunks) * NR;
-    let mut out = Vec::with_capacity(row_chunks * col_chunks);
-    for r0 in (0..m).step_by(rows.max(1)) {
-        for c0 in (0..n).step_by(cols.max(1)) {
-            out.push(Block {
-                r0,
-                r1: (r0 + rows).min(m),
-                c0,
-                c1: (c0 + cols).min(n),
-            });
+    let mut out = Vec::with_capacity(row_parts * col_parts);
+    for rp in 0..row_parts {
+        let (r0, r1) = (m * rp / row_parts, m * (rp + 1) / row_parts);
+        for cp in 0..col_parts {
+            let (c0, c1) = (
+                panels * cp / col_parts * NR,
+                (panels * (cp + 1) / col_parts * NR).min(n),
+            );
+            if r1 > r0 && c1 > c0 {
+                out.push(Block { r0, r1, c0, c1 });
+            }
         }
     }
     out
