@@ -384,10 +384,13 @@ fn main() -> Result<()> {
             mnv2.features(&x)?;
             let (mut fast_times, mut ort_times, mut paired) = (Vec::new(), Vec::new(), Vec::new());
             // Both runtimes' idle threads spin for a while after a call: a pause before each
-            // turn keeps one side's spinning off the other's timed calls.
+            // turn keeps one side's spinning off the other's timed calls. After a pause this
+            // machine runs slow for a while (both sides alike), so each turn starts with one
+            // untimed call on each side: the figures are throughput while busy.
             let settle = std::time::Duration::from_millis(40);
             for _ in 0..turns {
                 std::thread::sleep(settle);
+                mnv2.features(&x)?;
                 let mut turn = Vec::new();
                 for _ in 0..per_turn {
                     let t = Instant::now();
