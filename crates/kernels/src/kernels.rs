@@ -566,18 +566,39 @@ fn depthwise_strip<const FMA: bool>(
             continue;
         }
         let mut acc = [bias_block; STRIP];
+        // The strip's extreme reads (first window row and column, last ones), bounds-checked
+        // once so that the loop below can index without checks.
+        let first_at = (row0 + top + ky_first as isize) as usize * dims.w * c
+            + (ox * stride - win.pad_left) * c
+            + c0;
+        let last_at = (row0 + top + ky_end as isize - 1) as usize * dims.w * c
+            + ((ox + STRIP - 1) * stride + k - 1 - win.pad_left) * c
+            + c0
+            + CB;
+        assert!(
+            ky_first < ky_end
+                && row0 + top + ky_first as isize >= 0
+                && first_at < last_at
+                && last_at <= input.len()
+                && c0 + CB <= c
+                && k * k * c <= weights.len(),
+            "depthwise strip outside its input"
+        );
+        let (x_base, w_base) = (input.as_ptr(), weights.as_ptr());
         for ky in ky_first..ky_end {
             let iy = (top + ky as isize) as usize;
             let row = (row0 + iy as isize) as usize * dims.w * c;
             for kx in 0..k {
-                let w: &[f32; CB] = weights[(ky * k + kx) * c + c0..][..CB]
-                    .try_into()
-                    .expect("a block of CB weights");
                 let ix0 = ox * stride + kx - win.pad_left;
-                for (p, acc) in acc.iter_mut().enumerate() {
-                    let x = &input[row + (ix0 + p * stride) * c + c0..][..CB];
-                    for j in 0..CB {
-                        acc[j] = fmadd::<FMA>(acc[j], x[j], w[j]);
+                // SAFETY: every index lies between first_at and last_at (checked above):
+                // rows ky_first..ky_end, columns of pixels ox..ox + STRIP, channels c0..c0 + CB.
+                unsafe {
+                    let w = w_base.add((ky * k + kx) * c + c0);
+                    for (p, acc) in acc.iter_mut().enumerate() {
+                        let x = x_base.add(row + (ix0 + p * stride) * c + c0);
+                        for j in 0..CB {
+                            acc[j] = fmadd::<FMA>(acc[j], *x.add(j), *w.add(j));
+                        }
                     }
                 }
             }
