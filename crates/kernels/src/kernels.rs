@@ -596,8 +596,8 @@ fn depthwise_strip<const FMA: bool>(
                     let w = w_base.add((ky * k + kx) * c + c0);
                     for (p, acc) in acc.iter_mut().enumerate() {
                         let x = x_base.add(row + (ix0 + p * stride) * c + c0);
-                        for j in 0..CB {
-                            acc[j] = fmadd::<FMA>(acc[j], *x.add(j), *w.add(j));
+                        for (j, acc) in acc.iter_mut().enumerate() {
+                            *acc = fmadd::<FMA>(*acc, *x.add(j), *w.add(j));
                         }
                     }
                 }
