@@ -515,8 +515,8 @@ fn store_activated<const CB: usize>(acc: &[f32; CB], act: Activation, dst: &mut 
     }
 }
 
-/// Channels `c0..c0 + 16` of a whole output row: [`STRIP`] pixels at a time where their
-/// windows lie inside the row, one at a time (with the padding checks) at the edges.
+/// Channels `c0..c0 + 16` of a whole output row: [`STRIP`] pixels (else one) at a time where
+/// their windows lie inside the row, one at a time with the padding checks at the edges.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn depthwise_strip<const FMA: bool>(
@@ -543,12 +543,47 @@ fn depthwise_strip<const FMA: bool>(
     // Pixel `ox` reads columns `ox·stride − pad_left ..= ox·stride − pad_left + k − 1`.
     let first_inside = win.pad_left.div_ceil(stride);
     let last_inside = (dims.w + win.pad_left).checked_sub(k).map(|v| v / stride);
+    let fits = |ox: usize, pixels: usize| {
+        ox >= first_inside
+            && last_inside.is_some_and(|last| ox + pixels - 1 <= last)
+            && ox + pixels <= win.out_w
+    };
+    let strip = StripRows {
+        row0,
+        top,
+        ky_first,
+        ky_end,
+        c0,
+    };
     let mut ox = 0;
     while ox < win.out_w {
-        let inside = ox >= first_inside
-            && last_inside.is_some_and(|last| ox + STRIP - 1 <= last)
-            && ox + STRIP <= win.out_w;
-        if !inside {
+        if fits(ox, STRIP) {
+            inside_strip::<STRIP, FMA>(
+                input,
+                dims,
+                win,
+                weights,
+                &bias_block,
+                act,
+                strip,
+                ox,
+                out_row,
+            );
+            ox += STRIP;
+        } else if fits(ox, 1) {
+            inside_strip::<1, FMA>(
+                input,
+                dims,
+                win,
+                weights,
+                &bias_block,
+                act,
+                strip,
+                ox,
+                out_row,
+            );
+            ox += 1;
+        } else {
             depthwise_block::<CB, FMA>(
                 input,
                 dims,
@@ -563,50 +598,85 @@ fn depthwise_strip<const FMA: bool>(
                 &mut out_row[ox * c + c0..],
             );
             ox += 1;
-            continue;
         }
-        let mut acc = [bias_block; STRIP];
-        // The strip's extreme reads (first window row and column, last ones), bounds-checked
-        // once so that the loop below can index without checks.
-        let first_at = (row0 + top + ky_first as isize) as usize * dims.w * c
-            + (ox * stride - win.pad_left) * c
-            + c0;
-        let last_at = (row0 + top + ky_end as isize - 1) as usize * dims.w * c
-            + ((ox + STRIP - 1) * stride + k - 1 - win.pad_left) * c
-            + c0
-            + CB;
-        assert!(
-            ky_first < ky_end
-                && row0 + top + ky_first as isize >= 0
-                && first_at < last_at
-                && last_at <= input.len()
-                && c0 + CB <= c
-                && k * k * c <= weights.len(),
-            "depthwise strip outside its input"
-        );
-        let (x_base, w_base) = (input.as_ptr(), weights.as_ptr());
-        for ky in ky_first..ky_end {
-            let iy = (top + ky as isize) as usize;
-            let row = (row0 + iy as isize) as usize * dims.w * c;
-            for kx in 0..k {
-                let ix0 = ox * stride + kx - win.pad_left;
-                // SAFETY: every index lies between first_at and last_at (checked above):
-                // rows ky_first..ky_end, columns of pixels ox..ox + STRIP, channels c0..c0 + CB.
-                unsafe {
-                    let w = w_base.add((ky * k + kx) * c + c0);
-                    for (p, acc) in acc.iter_mut().enumerate() {
-                        let x = x_base.add(row + (ix0 + p * stride) * c + c0);
-                        for (j, acc) in acc.iter_mut().enumerate() {
-                            *acc = fmadd::<FMA>(*acc, *x.add(j), *w.add(j));
-                        }
+    }
+}
+
+/// The rows of one output row's windows: buffer row offset, first window row in image rows,
+/// the window rows inside the image, and the channel block.
+#[derive(Clone, Copy)]
+struct StripRows {
+    row0: isize,
+    top: isize,
+    ky_first: usize,
+    ky_end: usize,
+    c0: usize,
+}
+
+/// `P` output pixels from `ox` on whose windows lie inside the image columns, channels
+/// `c0..c0 + 16`: one weight vector load serves the `P` pixels, and after one bounds check
+/// of the extreme reads the loop indexes without checks.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn inside_strip<const P: usize, const FMA: bool>(
+    input: &[f32],
+    dims: Nhwc,
+    win: Window,
+    weights: &[f32],
+    bias_block: &[f32; 16],
+    act: Activation,
+    rows: StripRows,
+    ox: usize,
+    out_row: &mut [f32],
+) {
+    const CB: usize = 16;
+    let StripRows {
+        row0,
+        top,
+        ky_first,
+        ky_end,
+        c0,
+    } = rows;
+    let c = dims.c;
+    let (k, stride) = (win.k, win.stride);
+    let mut acc = [*bias_block; P];
+    let first_at = (row0 + top + ky_first as isize) as usize * dims.w * c
+        + (ox * stride - win.pad_left) * c
+        + c0;
+    let last_at = (row0 + top + ky_end as isize - 1) as usize * dims.w * c
+        + ((ox + P - 1) * stride + k - 1 - win.pad_left) * c
+        + c0
+        + CB;
+    assert!(
+        ky_first < ky_end
+            && row0 + top + ky_first as isize >= 0
+            && first_at < last_at
+            && last_at <= input.len()
+            && c0 + CB <= c
+            && k * k * c <= weights.len(),
+        "depthwise strip outside its input"
+    );
+    let (x_base, w_base) = (input.as_ptr(), weights.as_ptr());
+    for ky in ky_first..ky_end {
+        let iy = (top + ky as isize) as usize;
+        let row = (row0 + iy as isize) as usize * dims.w * c;
+        for kx in 0..k {
+            let ix0 = ox * stride + kx - win.pad_left;
+            // SAFETY: every index lies between first_at and last_at (checked above): rows
+            // ky_first..ky_end, columns of pixels ox..ox + P, channels c0..c0 + CB.
+            unsafe {
+                let w = w_base.add((ky * k + kx) * c + c0);
+                for (p, acc) in acc.iter_mut().enumerate() {
+                    let x = x_base.add(row + (ix0 + p * stride) * c + c0);
+                    for (j, acc) in acc.iter_mut().enumerate() {
+                        *acc = fmadd::<FMA>(*acc, *x.add(j), *w.add(j));
                     }
                 }
             }
         }
-        for (p, acc) in acc.iter().enumerate() {
-            store_activated(acc, act, &mut out_row[(ox + p) * c + c0..]);
-        }
-        ox += STRIP;
+    }
+    for (p, acc) in acc.iter().enumerate() {
+        store_activated(acc, act, &mut out_row[(ox + p) * c + c0..]);
     }
 }
 
