@@ -648,7 +648,10 @@ impl Plan {
         // batch goes through each layer at once, so each weight is read once per batch.
         let has_blocks = self.steps.iter().any(|s| matches!(s, Step::Block { .. }));
         if n == 1 || !has_blocks {
-            return run_images(images, n, profile);
+            // The whole pass runs on a pool thread: each kernel's parallel loop is then a
+            // fork-join inside the pool, not an injection from outside that puts the calling
+            // thread to sleep and wakes it again (two context switches per layer).
+            return rayon::scope(|_| run_images(images, n, profile));
         }
         let outputs: Vec<(ImageOutput, Profile)> = images
             .par_chunks(image_len)
