@@ -257,9 +257,10 @@ impl SharedOut {
 }
 
 /// Splits an `m × n` output among the rayon threads into equal parts, a multiple of the
-/// thread count, so that no thread is left with one part more than the other: by rows
-/// (each part reads its rows of A once and every panel of the weights), in parts of at most
-/// `MAX_ROWS` rows; by panels of columns only when there are too few rows to share.
+/// thread count, so that no thread is left with one part more than the other: by panels of
+/// columns when the weights outweigh the activations (`n > m`: each thread reads only its
+/// share of the weights), else by rows (each part reads its rows of A once and every panel
+/// of the weights), in parts of at most `MAX_ROWS` rows.
 fn blocks(m: usize, n: usize) -> Vec<Block> {
     const MAX_ROWS: usize = 384;
     const MIN_ROWS: usize = 8;
@@ -267,6 +268,10 @@ fn blocks(m: usize, n: usize) -> Vec<Block> {
     let panels = n.div_ceil(NR);
     let (row_parts, col_parts) = if threads == 1 {
         (m.div_ceil(MAX_ROWS).max(1), 1)
+    } else if n > m && panels >= threads {
+        // More weights than activations (late layers of one image): each thread reads
+        // only its share of the weights, rather than all of them.
+        (m.div_ceil(MAX_ROWS).max(1), threads)
     } else if m >= threads * MIN_ROWS {
         (threads * m.div_ceil(threads * MAX_ROWS).max(1), 1)
     } else {
