@@ -17,10 +17,6 @@ pub(crate) const NR: usize = 32;
 /// Rows per micro-kernel call: 12 rows × 2 vectors = 24 of the 32 vector registers.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const MR: usize = 12;
-/// Shallower products read A in place: for a few k per row the copy costs more than the
-/// strided reads it saves (MobileNetV2's 16- and 24-channel expansions run 5-10% faster).
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-const PACK_MIN_K: usize = 64;
 /// Depth of one K slice: 256 rows of a panel are 32 KB, which stays in a 48 KB L1.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const KC: usize = 256;
@@ -216,7 +212,7 @@ fn activate(v: f32, act: Activation) -> f32 {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{Activation, Block, PackedWeights, KC, MR, NR, PACK_MIN_K};
+    use super::{Activation, Block, PackedWeights, KC, MR, NR};
 
     /// Lanes of vector `v` (0 or 1) that hold one of the `cols` valid columns.
     #[inline(always)]
@@ -240,132 +236,58 @@ mod avx512 {
         out: *mut f32,
         ldc: usize,
     ) {
-        // Panel outermost, so one panel's rows (a KC-row slice of it: 32 KB) stay in L1
-        // while every row block of the task streams past; K is cut in KC slices so that
-        // holds for the deep layers too, partial sums going through `out`. With several
-        // panels, each K slice of A is first packed row block by row block ([k][MR]): the
-        // micro-kernel then reads one contiguous stream instead of 12 rows whose stride
-        // (a multiple of the channel count) maps them onto few L1 sets.
-        PACKED_A.with(|cell| {
-            block_with(
-                &mut cell.borrow_mut(),
-                block,
-                a,
-                lda,
-                w,
-                bias,
-                act,
-                residual,
-                out,
-                ldc,
-            )
-        })
-    }
-
-    /// [`block`] with the thread's buffer for packed A.
-    ///
-    /// # Safety
-    /// As [`block`].
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-    unsafe fn block_with(
-        packed: &mut Vec<f32>,
-        block: Block,
-        a: *const f32,
-        lda: usize,
-        w: &PackedWeights,
-        bias: &[f32],
-        act: Activation,
-        residual: *const f32,
-        out: *mut f32,
-        ldc: usize,
-    ) {
-        let rows = block.r1 - block.r0;
-        let pack = block.c1 - block.c0 > NR && w.k >= PACK_MIN_K;
-        {
-            if pack && packed.len() < rows.div_ceil(MR) * MR * KC {
-                packed.resize(rows.div_ceil(MR) * MR * KC, 0.0);
-            }
-            for k0 in (0..w.k.max(1)).step_by(KC) {
-                let k1 = (k0 + KC).min(w.k);
-                let kc = k1 - k0;
-                if pack {
-                    for (rb, dst) in packed
-                        .chunks_exact_mut(MR * kc)
-                        .take(rows.div_ceil(MR))
-                        .enumerate()
-                    {
-                        let m = MR.min(rows - rb * MR);
-                        for r in 0..m {
-                            let src =
-                                std::slice::from_raw_parts(a.add((rb * MR + r) * lda + k0), kc);
-                            for (k, v) in src.iter().enumerate() {
-                                *dst.get_unchecked_mut(k * MR + r) = *v;
-                            }
-                        }
-                    }
-                }
-                for c0 in (block.c0..block.c1).step_by(NR) {
-                    let cols = NR.min(block.c1 - c0);
-                    let panel = w.panel(c0 / NR).as_ptr();
-                    let mut r = block.r0;
-                    while r < block.r1 {
-                        let m = MR.min(block.r1 - r);
-                        let (a_tile, a_rs, a_ks) = if pack {
-                            (packed.as_ptr().add((r - block.r0) * kc), 1, MR)
+        // K in KC slices, panel outermost within a slice: one panel's slice (32 KB) stays in
+        // L1 while every row block of the task streams past; partial sums of the earlier
+        // slices go through `out`. A is read in place: packing it into a contiguous stream
+        // measured slower at every MobileNetV2 and ResNet50 shape (and equal at 1024³).
+        for k0 in (0..w.k.max(1)).step_by(KC) {
+            let k1 = (k0 + KC).min(w.k);
+            for c0 in (block.c0..block.c1).step_by(NR) {
+                let cols = NR.min(block.c1 - c0);
+                let panel = w.panel(c0 / NR).as_ptr();
+                let mut r = block.r0;
+                while r < block.r1 {
+                    let m = MR.min(block.r1 - r);
+                    let tile = Tile {
+                        k: k1 - k0,
+                        a: a.add((r - block.r0) * lda + k0),
+                        lda,
+                        b: panel.add(k0 * NR),
+                        bias: bias.as_ptr().add(c0),
+                        cols,
+                        act,
+                        res: if residual.is_null() {
+                            residual
                         } else {
-                            (a.add((r - block.r0) * lda + k0), lda, 1)
+                            residual.add(r * ldc + c0)
+                        },
+                        c: out.add(r * ldc + c0),
+                        ldc,
+                        first: k0 == 0,
+                        last: k1 >= w.k,
+                    };
+                    macro_rules! run {
+                        ($($m:literal)*) => {
+                            match (m, cols > 16) {
+                                $(($m, true) => micro::<$m, 2>(&tile),
+                                  ($m, false) => micro::<$m, 1>(&tile),)*
+                                _ => unreachable!("a block has 1..=MR rows"),
+                            }
                         };
-                        let tile = Tile {
-                            k: kc,
-                            a: a_tile,
-                            a_rs,
-                            a_ks,
-                            b: panel.add(k0 * NR),
-                            bias: bias.as_ptr().add(c0),
-                            cols,
-                            act,
-                            res: if residual.is_null() {
-                                residual
-                            } else {
-                                residual.add(r * ldc + c0)
-                            },
-                            c: out.add(r * ldc + c0),
-                            ldc,
-                            first: k0 == 0,
-                            last: k1 >= w.k,
-                        };
-                        macro_rules! run {
-                            ($($m:literal)*) => {
-                                match (m, cols > 16, pack) {
-                                    $(($m, true, true) => micro::<$m, 2, true>(&tile),
-                                      ($m, false, true) => micro::<$m, 1, true>(&tile),
-                                      ($m, true, false) => micro::<$m, 2, false>(&tile),
-                                      ($m, false, false) => micro::<$m, 1, false>(&tile),)*
-                                    _ => unreachable!("a block has 1..=MR rows"),
-                                }
-                            };
-                        }
-                        run!(1 2 3 4 5 6 7 8 9 10 11 12);
-                        r += m;
                     }
+                    run!(1 2 3 4 5 6 7 8 9 10 11 12);
+                    r += m;
                 }
             }
         }
-    }
-
-    thread_local! {
-        /// The current K slice of A, packed; grows to the largest block once.
-        static PACKED_A: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
 
     /// One micro-kernel call: up to MR rows × one panel.
     struct Tile {
         k: usize,
         a: *const f32,
-        /// Distance between rows of A, and between its consecutive k.
-        a_rs: usize,
-        a_ks: usize,
+        /// Distance between rows of A.
+        lda: usize,
         b: *const f32,
         bias: *const f32,
         cols: usize,
@@ -384,10 +306,7 @@ mod avx512 {
     /// then bias, residual and activation before one masked store per vector.
     #[inline]
     #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-    unsafe fn micro<const M: usize, const NV: usize, const PACKED: bool>(t: &Tile) {
-        // Packed A has constant strides, so its broadcasts use immediate offsets rather
-        // than a chain of address additions.
-        let (a_rs, a_ks) = if PACKED { (1, MR) } else { (t.a_rs, t.a_ks) };
+    unsafe fn micro<const M: usize, const NV: usize>(t: &Tile) {
         let mut masks = [0 as __mmask16; NV];
         for (v, mask) in masks.iter_mut().enumerate() {
             *mask = lane_mask(t.cols, v);
@@ -411,12 +330,12 @@ mod avx512 {
                 *bv = _mm512_loadu_ps(b.add(v * 16));
             }
             for (r, acc) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_ps(*a.add(r * a_rs));
+                let av = _mm512_set1_ps(*a.add(r * t.lda));
                 for v in 0..NV {
                     acc[v] = _mm512_fmadd_ps(av, bv[v], acc[v]);
                 }
             }
-            a = a.add(a_ks);
+            a = a.add(1);
             b = b.add(NR);
         }
         if !t.last {
