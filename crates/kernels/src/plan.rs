@@ -644,26 +644,14 @@ impl Plan {
                 }
                 result
             };
-        // The whole pass runs on a pool thread: each kernel's parallel loop is then a
-        // fork-join inside the pool, not an injection from outside that puts the calling
-        // thread to sleep and wakes it again (two context switches per layer).
-        if n == 1 {
-            return rayon::scope(|_| run_images(images, 1, profile));
-        }
+        // Networks without fused blocks (ResNet50) are dominated by their weights: the whole
+        // batch goes through each layer at once, so each weight is read once per batch.
         let has_blocks = self.steps.iter().any(|s| matches!(s, Step::Block { .. }));
-        if !has_blocks {
-            // Networks without fused blocks (ResNet50): one image at a time, split across
-            // the threads, keeps a layer's activations in cache; a whole batch per layer
-            // measured 20-25% slower at batch 32 (4.5x instead of 5.9x stock candle).
-            let mut values = Vec::new();
-            let mut dims = None;
-            for image in images.chunks_exact(image_len) {
-                let (v, d) = rayon::scope(|_| run_images(image, 1, profile))?;
-                values.extend(v);
-                dims = Some(d);
-            }
-            let dims = dims.ok_or_else(|| KernelError::Input("empty batch".into()))?;
-            return Ok((values, dims));
+        if n == 1 || !has_blocks {
+            // The whole pass runs on a pool thread: each kernel's parallel loop is then a
+            // fork-join inside the pool, not an injection from outside that puts the calling
+            // thread to sleep and wakes it again (two context switches per layer).
+            return rayon::scope(|_| run_images(images, n, profile));
         }
         let outputs: Vec<(ImageOutput, Profile)> = images
             .par_chunks(image_len)
