@@ -150,7 +150,7 @@ impl Window {
     }
 }
 
-fn check_len(
+pub(crate) fn check_len(
     kernel: &'static str,
     buffer: &'static str,
     expected: usize,
@@ -189,7 +189,7 @@ macro_rules! dispatch {
 
 /// 0: portable, 1: AVX2 + FMA, 2: AVX-512.
 #[cfg(target_arch = "x86_64")]
-fn simd_level() -> u8 {
+pub(crate) fn simd_level() -> u8 {
     use std::sync::OnceLock;
     static LEVEL: OnceLock<u8> = OnceLock::new();
     *LEVEL.get_or_init(|| {
@@ -233,7 +233,7 @@ mod x86 {
 }
 
 #[inline(always)]
-fn fmadd<const FMA: bool>(acc: f32, a: f32, b: f32) -> f32 {
+pub(crate) fn fmadd<const FMA: bool>(acc: f32, a: f32, b: f32) -> f32 {
     if FMA {
         a.mul_add(b, acc)
     } else {

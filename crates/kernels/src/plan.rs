@@ -13,6 +13,7 @@ use crate::error::{KernelError, Result};
 use crate::fused;
 use crate::kernels::{self, Activation, Nhwc, PackedWeights, Window};
 use crate::profile::{Profile, Stage};
+use crate::winograd::{self, WinogradWeights};
 
 /// How a convolution runs, with its weights in that kernel's layout.
 enum ConvKind {
@@ -22,6 +23,9 @@ enum ConvKind {
     Depthwise(Vec<f32>),
     /// Anything else: im2col + GEMM over packed `[k·k·cin, cout]` weights.
     Dense(PackedWeights),
+    /// 3×3, stride 1: Winograd F(4×4, 3×3) where the map has enough tiles
+    /// ([`winograd::worthwhile`]), else im2col over the packed weights.
+    Winograd(PackedWeights, WinogradWeights),
 }
 
 /// A convolution with BatchNorm folded in.
@@ -208,6 +212,8 @@ fn load_layer(vb: &VarBuilder, spec: &ConvSpec) -> Result<ConvLayer> {
         let packed = PackedWeights::new(&t, k * k * cin, cout)?;
         if k == 1 && spec.stride == 1 && spec.pad == 0 {
             ConvKind::Pointwise(packed)
+        } else if k == 3 && spec.stride == 1 {
+            ConvKind::Winograd(packed, WinogradWeights::new(&t, cin, cout)?)
         } else {
             ConvKind::Dense(packed)
         }
@@ -807,6 +813,19 @@ impl Plan {
                             if l.spec.k == 1 {
                                 Stage::StridedPointwise
                             } else {
+                                Stage::Dense
+                            }
+                        }
+                        ConvKind::Winograd(im2col, tiles) => {
+                            if winograd::worthwhile(in_dims, win) {
+                                winograd::conv(
+                                    x, in_dims, win, tiles, &l.bias, act, accumulate, y,
+                                )?;
+                                Stage::Winograd
+                            } else {
+                                kernels::dense_conv(
+                                    x, in_dims, win, im2col, &l.bias, act, accumulate, y,
+                                )?;
                                 Stage::Dense
                             }
                         }
