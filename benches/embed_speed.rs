@@ -8,6 +8,12 @@
 //! `wtb-kernels`, the default of `wtb-embed`) and `candle` (stock candle ops). VGG16 has no fast
 //! plan, so it is timed once, as `candle`.
 //!
+//! `--paired TURNS` times the two engines against each other instead: for each model and
+//! batch, TURNS alternating turns (stock candle once, then the fast engine for about as
+//! long), so that a drift of the machine's speed hits both alike. It reports each engine's
+//! median and the paired speed-up (median over turns of the turn's ratio); the JSON rows
+//! then carry `candle_images_per_s`, `fast_images_per_s`, `speedup` and `paired_speedup`.
+//!
 //! `--parity` also embeds each batch on the CPU and fails unless the device's vectors are within
 //! relative L2 1e-3 of them (used by `benches/cuda_check.sh`; build with
 //! `--features wtb-embed/cuda` for CUDA).
@@ -32,6 +38,7 @@ struct Options {
     json: Option<PathBuf>,
     device: DeviceChoice,
     parity: bool,
+    paired: Option<usize>,
 }
 
 fn parse_options() -> anyhow::Result<Options> {
@@ -43,6 +50,7 @@ fn parse_options() -> anyhow::Result<Options> {
         json: None,
         device: DeviceChoice::Cpu,
         parity: false,
+        paired: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -70,6 +78,7 @@ fn parse_options() -> anyhow::Result<Options> {
             "--json" => options.json = Some(PathBuf::from(value()?)),
             "--device" => options.device = value()?.parse()?,
             "--parity" => options.parity = true,
+            "--paired" => options.paired = Some(value()?.parse().context("--paired")?),
             // cargo bench passes --bench to harness=false binaries.
             "--bench" => {}
             other => bail!("unknown argument {other:?}"),
@@ -128,6 +137,72 @@ fn input(batch: usize, side: usize) -> anyhow::Result<Tensor> {
     )?)
 }
 
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Seconds per call of `embedder` on `x`, each call forced to finish.
+fn time_calls(embedder: &Embedder, x: &Tensor, calls: usize) -> anyhow::Result<Vec<f64>> {
+    (0..calls)
+        .map(|_| {
+            let t = Instant::now();
+            embedder.embed_tensor(x)?.to_vec2::<f32>()?;
+            Ok(t.elapsed().as_secs_f64())
+        })
+        .collect()
+}
+
+/// Fast engine against stock candle in alternating turns (see the module docs).
+fn paired(options: &Options, turns: usize) -> anyhow::Result<()> {
+    println!("| model | weights | batch | stock candle img/s | fast img/s | speed-up | paired speed-up | turns |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    let mut results = Vec::new();
+    for &model in options.models.iter().filter(|&&m| m != ModelKind::Vgg16) {
+        let (candle, weights) = embedder(model, options.device, Engine::Candle)?;
+        let (fast, _) = embedder(model, options.device, Engine::Fast)?;
+        for &batch in &options.batches {
+            let x = input(batch, 224)?;
+            time_calls(&candle, &x, 1)?; // warm-up
+            time_calls(&fast, &x, 2)?;
+            let (mut candle_times, mut fast_times, mut ratios) = (vec![], vec![], vec![]);
+            for _ in 0..turns.max(1) {
+                let slow = time_calls(&candle, &x, 1)?[0];
+                // About as long on the fast engine: its first call says how many fit.
+                let first = time_calls(&fast, &x, 1)?[0];
+                let more = ((slow / first.max(1e-9)) as usize).clamp(1, 200);
+                let mut quick = time_calls(&fast, &x, more)?;
+                quick.push(first);
+                let quick_median = median(&quick);
+                ratios.push(slow / quick_median);
+                candle_times.push(slow);
+                fast_times.extend(quick);
+            }
+            let candle_rate = batch as f64 / median(&candle_times);
+            let fast_rate = batch as f64 / median(&fast_times);
+            let paired_speedup = median(&ratios);
+            println!(
+                "| {} | {weights} | {batch} | {candle_rate:.1} | {fast_rate:.1} | {:.1}x | {paired_speedup:.1}x | {} |",
+                model.name(),
+                fast_rate / candle_rate,
+                ratios.len()
+            );
+            results.push(serde_json::json!({
+                "model": model.name(), "weights": weights, "batch": batch,
+                "candle_images_per_s": candle_rate, "fast_images_per_s": fast_rate,
+                "speedup": fast_rate / candle_rate, "paired_speedup": paired_speedup,
+                "turns": ratios.len(),
+            }));
+        }
+    }
+    if let Some(path) = &options.json {
+        std::fs::write(path, serde_json::to_string_pretty(&results)?)
+            .with_context(|| format!("{}", path.display()))?;
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let options = parse_options()?;
     let threads = std::thread::available_parallelism()
@@ -137,6 +212,9 @@ fn main() -> anyhow::Result<()> {
         "embed_speed: device {}, {threads} CPU threads, forward pass only (224x224 input)",
         options.device
     );
+    if let Some(turns) = options.paired {
+        return paired(&options, turns);
+    }
     println!("| model | engine | weights | batch | images/s | ms/image | runs |");
     println!("|---|---|---|---:|---:|---:|---:|");
     let mut results = Vec::new();
