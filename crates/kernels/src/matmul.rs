@@ -245,6 +245,19 @@ mod avx512 {
             for c0 in (block.c0..block.c1).step_by(NR) {
                 let cols = NR.min(block.c1 - c0);
                 let panel = w.panel(c0 / NR).as_ptr();
+                // The weight slice the block needs next (the next panel, or the first panel
+                // of the next K slice): its first tile prefetches it.
+                let next = if c0 + NR < block.c1 {
+                    Some((c0 + NR, k0, k1))
+                } else if k1 < w.k {
+                    Some((block.c0, k1, (k1 + KC).min(w.k)))
+                } else {
+                    None
+                };
+                let prefetch = match next {
+                    Some((nc, nk0, nk1)) => (w.panel(nc / NR).as_ptr().add(nk0 * NR), nk1 - nk0),
+                    _ => (std::ptr::null(), 0),
+                };
                 let mut r = block.r0;
                 while r < block.r1 {
                     let m = MR.min(block.r1 - r);
@@ -265,12 +278,20 @@ mod avx512 {
                         ldc,
                         first: k0 == 0,
                         last: k1 >= w.k,
+                        prefetch: if r == block.r0 {
+                            prefetch.0
+                        } else {
+                            std::ptr::null()
+                        },
+                        prefetch_rows: prefetch.1,
                     };
                     macro_rules! run {
                         ($($m:literal)*) => {
-                            match (m, cols > 16) {
-                                $(($m, true) => micro::<$m, 2>(&tile),
-                                  ($m, false) => micro::<$m, 1>(&tile),)*
+                            match (m, cols > 16, !tile.prefetch.is_null()) {
+                                $(($m, true, false) => micro::<$m, 2, false>(&tile),
+                                  ($m, false, false) => micro::<$m, 1, false>(&tile),
+                                  ($m, true, true) => micro::<$m, 2, true>(&tile),
+                                  ($m, false, true) => micro::<$m, 1, true>(&tile),)*
                                 _ => unreachable!("a block has 1..=MR rows"),
                             }
                         };
@@ -300,13 +321,17 @@ mod avx512 {
         first: bool,
         /// The last K slice: apply bias, residual and activation.
         last: bool,
+        /// Null, or the start of the panel slice needed next (`prefetch_rows` rows of
+        /// [`NR`] values), fetched into cache while this tile computes.
+        prefetch: *const f32,
+        prefetch_rows: usize,
     }
 
     /// `M` rows × `NV` vectors of 16 columns, accumulated in registers over all of `k`,
     /// then bias, residual and activation before one masked store per vector.
     #[inline]
     #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-    unsafe fn micro<const M: usize, const NV: usize>(t: &Tile) {
+    unsafe fn micro<const M: usize, const NV: usize, const PF: bool>(t: &Tile) {
         let mut masks = [0 as __mmask16; NV];
         for (v, mask) in masks.iter_mut().enumerate() {
             *mask = lane_mask(t.cols, v);
@@ -324,7 +349,17 @@ mod avx512 {
         }
         let mut b = t.b;
         let mut a = t.a;
-        for _ in 0..t.k {
+        // Two cache lines (one row of NR values) of the next slice per step: a weight slice
+        // read for the first time comes from memory, where the hardware prefetcher,
+        // restarting at each 32 KB slice, falls behind.
+        let mut pf = t.prefetch;
+        let in_loop = if PF { t.prefetch_rows.min(t.k) } else { 0 };
+        for step in 0..t.k {
+            if PF && step < in_loop {
+                _mm_prefetch::<_MM_HINT_T0>(pf.cast());
+                _mm_prefetch::<_MM_HINT_T0>(pf.add(16).cast());
+                pf = pf.add(NR);
+            }
             let mut bv = [_mm512_setzero_ps(); NV];
             for (v, bv) in bv.iter_mut().enumerate() {
                 *bv = _mm512_loadu_ps(b.add(v * 16));
@@ -337,6 +372,13 @@ mod avx512 {
             }
             a = a.add(1);
             b = b.add(NR);
+        }
+        if PF {
+            for _ in in_loop..t.prefetch_rows {
+                _mm_prefetch::<_MM_HINT_T0>(pf.cast());
+                _mm_prefetch::<_MM_HINT_T0>(pf.add(16).cast());
+                pf = pf.add(NR);
+            }
         }
         if !t.last {
             for (r, acc) in acc.iter().enumerate() {
