@@ -54,6 +54,7 @@
 //! ```
 
 mod arch;
+mod buffer;
 mod error;
 mod fused;
 pub mod kernels;

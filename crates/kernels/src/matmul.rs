@@ -9,6 +9,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::buffer::AlignedBuf;
 use crate::error::{KernelError, Result};
 use crate::kernels::Activation;
 
@@ -36,7 +37,7 @@ pub struct PackedWeights {
     k: usize,
     n: usize,
     /// Panel `p` holds `k` rows of [`NR`] values (columns `p·NR..`), zero padded past `n`.
-    panels: Vec<f32>,
+    panels: AlignedBuf,
 }
 
 impl PackedWeights {
@@ -51,7 +52,7 @@ impl PackedWeights {
             });
         }
         let panel_count = n.div_ceil(NR);
-        let mut panels = vec![0.0; panel_count * k * NR];
+        let mut panels = AlignedBuf::zeroed(panel_count * k * NR);
         for (p, panel) in panels.chunks_exact_mut((k * NR).max(1)).enumerate() {
             let c0 = p * NR;
             let width = NR.min(n - c0);

@@ -9,6 +9,7 @@ use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
 use crate::arch::{self, Arch, ConvSpec, Node};
+use crate::buffer::AlignedBuf;
 use crate::error::{KernelError, Result};
 use crate::fused;
 use crate::kernels::{self, Activation, Nhwc, PackedWeights, Window};
@@ -81,7 +82,7 @@ enum Step {
 struct Workspace {
     /// Images, input height and width.
     key: (usize, usize, usize),
-    buffers: Vec<Vec<f32>>,
+    buffers: Vec<AlignedBuf>,
     /// NHWC shape of each value.
     dims: Vec<Nhwc>,
     /// Window of each node.
@@ -330,7 +331,7 @@ fn layered_block(
 }
 
 /// Two distinct buffers, one to read and one to write.
-fn split_pair(buffers: &mut [Vec<f32>], read: usize, write: usize) -> (&[f32], &mut [f32]) {
+fn split_pair(buffers: &mut [AlignedBuf], read: usize, write: usize) -> (&[f32], &mut [f32]) {
     debug_assert_ne!(read, write);
     if read < write {
         let (a, b) = buffers.split_at_mut(write);
@@ -744,7 +745,7 @@ impl Plan {
         }
         Ok(Workspace {
             key: (n, h, w),
-            buffers: sizes.into_iter().map(|s| vec![0.0; s]).collect(),
+            buffers: sizes.into_iter().map(AlignedBuf::zeroed).collect(),
             dims,
             windows,
             scratch: scratch.map(|len| vec![0.0; len]),
