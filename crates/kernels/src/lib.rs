@@ -5,10 +5,11 @@
 //! residual add are fused into the kernel that produces them, activations are NHWC so that
 //! every 1×1 convolution is one GEMM over weights packed at load time (an own AVX-512
 //! micro-kernel with the epilogue fused; the `gemm` crate elsewhere), 3×3 stride-1
-//! convolutions run Winograd F(4×4, 3×3) (36 GEMMs over transformed tiles, a quarter of the
-//! multiplies) where the map has enough tiles, other dense convolutions run as im2col + GEMM
-//! per block, depthwise convolutions run a direct vectorised kernel, and activation buffers
-//! are planned once per input shape and reused.
+//! convolutions run Winograd F(4×4, 3×3) or F(2×2, 3×3) (one GEMM per point of the
+//! transformed tiles, a quarter or 4/9 of the multiplies) where that beats im2col, other
+//! dense convolutions run as im2col + GEMM per block, depthwise convolutions run a direct
+//! vectorised kernel, and activation buffers (like the packed weights: aligned, on huge
+//! pages when large) are planned once per input shape and reused.
 //!
 //! Inverted-residual blocks (1×1 expand → depthwise → 1×1 project) run fused, a few rows at
 //! a time, so their expanded activations never go out to memory whole. A batch runs one

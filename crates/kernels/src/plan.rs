@@ -24,7 +24,7 @@ enum ConvKind {
     Depthwise(Vec<f32>),
     /// Anything else: im2col + GEMM over packed `[k·k·cin, cout]` weights.
     Dense(PackedWeights),
-    /// 3×3, stride 1: Winograd F(4×4, 3×3) where the map has enough tiles
+    /// 3×3, stride 1: Winograd F(4×4, 3×3) or F(2×2, 3×3) where it beats im2col
     /// ([`winograd::worthwhile`]), else im2col over the packed weights.
     Winograd(PackedWeights, WinogradWeights),
 }
@@ -818,7 +818,7 @@ impl Plan {
                             }
                         }
                         ConvKind::Winograd(im2col, tiles) => {
-                            if winograd::worthwhile(in_dims, win) {
+                            if winograd::worthwhile(in_dims, win, tiles) {
                                 winograd::conv(
                                     x, in_dims, win, tiles, &l.bias, act, accumulate, y,
                                 )?;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 pub enum Stage {
     /// Dense k×k convolutions (the stem, ResNet 3×3 and 7×7).
     Dense,
-    /// 3×3 stride-1 convolutions run by Winograd F(4×4, 3×3).
+    /// 3×3 stride-1 convolutions run by Winograd F(4×4, 3×3) or F(2×2, 3×3).
     Winograd,
     /// 1×1 stride-1 convolutions.
     Pointwise,
@@ -41,7 +41,7 @@ impl Stage {
     pub fn label(self) -> &'static str {
         match self {
             Stage::Dense => "dense conv (stem, 3x3, 7x7)",
-            Stage::Winograd => "3x3 conv, Winograd F(4x4,3x3)",
+            Stage::Winograd => "3x3 conv, Winograd",
             Stage::Pointwise => "1x1 conv",
             Stage::StridedPointwise => "1x1 conv, strided",
             Stage::Depthwise => "depthwise conv",

@@ -1,18 +1,25 @@
-//! 3×3 stride-1 convolutions by Winograd's minimal filtering F(4×4, 3×3) (Lavin & Gray,
-//! "Fast Algorithms for Convolutional Neural Networks", 2016).
+//! 3×3 stride-1 convolutions by Winograd's minimal filtering F(m×m, 3×3) (Lavin & Gray,
+//! "Fast Algorithms for Convolutional Neural Networks", 2016), with m = 4 or 2.
 //!
-//! A 4×4 block of outputs needs a 6×6 input tile. Transformed (`Bᵀ·d·B`), the tile's 36
-//! points each multiply the matching point of the transformed filter (`G·g·Gᵀ`, done once at
-//! load time); over all input channels that is one GEMM per point, `[tiles, cin] ×
-//! [cin, cout]`, and the inverse transform (`Aᵀ·m·A`) gives the 16 outputs. 36 products per
-//! 16 outputs instead of 144: a quarter of the GEMM work of im2col, for the price of the two
-//! transforms and of four times the filter memory. The points 0, ±1, ±2 keep the transforms'
-//! rounding within a few f32 ulps of the direct sum.
+//! An m×m block of outputs needs an (m+2)×(m+2) input tile. Transformed (`Bᵀ·d·B`), the
+//! tile's points each multiply the matching point of the transformed filter (`G·g·Gᵀ`, done
+//! once at load time); over all input channels that is one GEMM per point, `[tiles, cin] ×
+//! [cin, cout]`, and the inverse transform (`Aᵀ·m·A`) gives the outputs. F(4×4): 36
+//! products per 16 outputs instead of 144; F(2×2): 16 per 4 instead of 36. The points 0,
+//! ±1, ±2 keep the transforms' rounding within a few f32 ulps of the direct sum.
 //!
-//! Tiles are processed in chunks, one chunk per task: transform the chunk's tiles, 36 GEMMs
-//! over them, inverse transform straight into the output with bias, residual and activation.
+//! Layers with fewer than 256 input channels (large maps) take F(4×4); deeper layers take
+//! F(2×2): their maps (14×14, 7×7 at 224 input) tile without waste at 2, and their
+//! transformed filters, 16/9 rather than 36/9 times the direct ones, are read from memory
+//! once per image at batch 1.
+//!
+//! With many tiles, each task takes a chunk of them through all three steps (transform,
+//! the GEMMs, inverse transform into the output with bias, residual and activation). With
+//! few (one small image), the steps run one after the other on all tiles, each split across
+//! the threads, the GEMMs by point: each thread then reads only its share of the filters.
 
 use std::cell::RefCell;
+use std::ops::Range;
 
 use rayon::prelude::*;
 
@@ -20,52 +27,79 @@ use crate::error::Result;
 use crate::kernels::{check_len, fmadd, Activation, Nhwc, PackedWeights, SharedOut, Window};
 use crate::matmul::{gemm_block, Block};
 
-/// Outputs per tile side.
-const M: usize = 4;
-/// Input tile side.
-const T: usize = M + 2;
-/// Points of a transformed tile.
-const POINTS: usize = T * T;
 /// Channels transformed together (one AVX-512 vector).
 const LANES: usize = 16;
 
-/// Input transform `Bᵀ` (points 0, 1, −1, 2, −2, ∞).
-const BT: [[f32; T]; T] = [
-    [4.0, 0.0, -5.0, 0.0, 1.0, 0.0],
-    [0.0, -4.0, -4.0, 1.0, 1.0, 0.0],
-    [0.0, 4.0, -4.0, -1.0, 1.0, 0.0],
-    [0.0, -2.0, -1.0, 2.0, 1.0, 0.0],
-    [0.0, 2.0, -1.0, -2.0, 1.0, 0.0],
-    [0.0, 4.0, 0.0, -5.0, 0.0, 1.0],
-];
+/// The transforms of F(M×M, 3×3): `T = M + 2` input rows per tile.
+struct Tiling<const M: usize, const T: usize> {
+    /// Input transform `Bᵀ`.
+    bt: [[f32; T]; T],
+    /// Filter transform `G` (applied in f64 at load time).
+    g: [[f64; 3]; T],
+    /// Output transform `Aᵀ`.
+    at: [[f32; T]; M],
+}
 
-/// Filter transform `G` (applied in f64 at load time).
-const G: [[f64; 3]; T] = [
-    [1.0 / 4.0, 0.0, 0.0],
-    [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
-    [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
-    [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
-    [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
-    [0.0, 0.0, 1.0],
-];
+/// F(4×4, 3×3), points 0, 1, −1, 2, −2, ∞.
+const F4: Tiling<4, 6> = Tiling {
+    bt: [
+        [4.0, 0.0, -5.0, 0.0, 1.0, 0.0],
+        [0.0, -4.0, -4.0, 1.0, 1.0, 0.0],
+        [0.0, 4.0, -4.0, -1.0, 1.0, 0.0],
+        [0.0, -2.0, -1.0, 2.0, 1.0, 0.0],
+        [0.0, 2.0, -1.0, -2.0, 1.0, 0.0],
+        [0.0, 4.0, 0.0, -5.0, 0.0, 1.0],
+    ],
+    g: [
+        [1.0 / 4.0, 0.0, 0.0],
+        [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+        [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+        [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+        [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+        [0.0, 0.0, 1.0],
+    ],
+    at: [
+        [1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
+        [0.0, 1.0, -1.0, 2.0, -2.0, 0.0],
+        [0.0, 1.0, 1.0, 4.0, 4.0, 0.0],
+        [0.0, 1.0, -1.0, 8.0, -8.0, 1.0],
+    ],
+};
 
-/// Output transform `Aᵀ`.
-const AT: [[f32; T]; M] = [
-    [1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
-    [0.0, 1.0, -1.0, 2.0, -2.0, 0.0],
-    [0.0, 1.0, 1.0, 4.0, 4.0, 0.0],
-    [0.0, 1.0, -1.0, 8.0, -8.0, 1.0],
-];
+/// F(2×2, 3×3), points 0, 1, −1, ∞.
+const F2: Tiling<2, 4> = Tiling {
+    bt: [
+        [1.0, 0.0, -1.0, 0.0],
+        [0.0, 1.0, 1.0, 0.0],
+        [0.0, -1.0, 1.0, 0.0],
+        [0.0, 1.0, 0.0, -1.0],
+    ],
+    g: [
+        [1.0, 0.0, 0.0],
+        [0.5, 0.5, 0.5],
+        [0.5, -0.5, 0.5],
+        [0.0, 0.0, 1.0],
+    ],
+    at: [[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, -1.0, -1.0]],
+};
 
-/// Tiles per thread below which im2col is used instead: the 36 GEMMs would then read each
-/// (four times larger) transformed filter for too few rows.
+/// Input channels from which a layer takes F(2×2) (see the module docs).
+const F2_FROM_CHANNELS: usize = 256;
+
+/// Tiles per thread from which each task takes a chunk of tiles through every step.
 const MIN_TILES_PER_THREAD: usize = 24;
 
 /// Transformed-input values (`tiles × cin`) a chunk aims at per point.
 const CHUNK_VALUES: usize = 8192;
 
+/// GEMM flops that cost as much as one byte of filter read from memory (about 150 GFLOP/s
+/// against 5 GB/s for a layer's weights at batch 1 on the 2-core reference machine).
+const FLOPS_PER_WEIGHT_BYTE: usize = 30;
+
 /// The transformed filters of one 3×3 convolution: one packed `[cin, cout]` matrix per point.
 pub(crate) struct WinogradWeights {
+    /// Outputs per tile side (4 or 2).
+    m: usize,
     points: Vec<PackedWeights>,
     zero_bias: Vec<f32>,
 }
@@ -79,7 +113,20 @@ impl WinogradWeights {
             9 * cin * cout,
             im2col.len(),
         )?;
-        let mut points = vec![vec![0f32; cin * cout]; POINTS];
+        if cin >= F2_FROM_CHANNELS {
+            Self::with(&F2, im2col, cin, cout)
+        } else {
+            Self::with(&F4, im2col, cin, cout)
+        }
+    }
+
+    fn with<const M: usize, const T: usize>(
+        tiling: &Tiling<M, T>,
+        im2col: &[f32],
+        cin: usize,
+        cout: usize,
+    ) -> Result<Self> {
+        let mut points = vec![vec![0f32; cin * cout]; T * T];
         for i in 0..cin {
             for o in 0..cout {
                 let g = |ky: usize, kx: usize| im2col[((ky * 3 + kx) * cin + i) * cout + o] as f64;
@@ -87,18 +134,19 @@ impl WinogradWeights {
                 let mut gg = [[0f64; 3]; T];
                 for (r, row) in gg.iter_mut().enumerate() {
                     for (c, v) in row.iter_mut().enumerate() {
-                        *v = (0..3).map(|k| G[r][k] * g(k, c)).sum();
+                        *v = (0..3).map(|k| tiling.g[r][k] * g(k, c)).sum();
                     }
                 }
                 for r in 0..T {
                     for c in 0..T {
-                        let u: f64 = (0..3).map(|k| gg[r][k] * G[c][k]).sum();
+                        let u: f64 = (0..3).map(|k| gg[r][k] * tiling.g[c][k]).sum();
                         points[r * T + c][i * cout + o] = u as f32;
                     }
                 }
             }
         }
         Ok(Self {
+            m: M,
             points: points
                 .iter()
                 .map(|p| PackedWeights::new(p, cin, cout))
@@ -108,17 +156,20 @@ impl WinogradWeights {
     }
 }
 
-/// Whether F(4×4, 3×3) beats im2col for this input: enough tiles for every thread, and
-/// tiles that cover the output without much waste (7×7 maps would compute 64 outputs for 49).
-pub(crate) fn worthwhile(input: Nhwc, win: Window) -> bool {
-    let (ty, tx) = (win.out_h.div_ceil(M), win.out_w.div_ceil(M));
+/// Whether these weights' tiling beats im2col on this input: tiles that cover the output
+/// without much waste, and less GEMM work plus filter reading (the transformed filters are
+/// larger) than im2col's, in the units of [`FLOPS_PER_WEIGHT_BYTE`].
+pub(crate) fn worthwhile(input: Nhwc, win: Window, weights: &WinogradWeights) -> bool {
+    let m = weights.m;
+    let (ty, tx) = (win.out_h.div_ceil(m), win.out_w.div_ceil(m));
     let tiles = input.n * ty * tx;
-    let covered = (ty * M * tx * M) as f64;
-    let wanted = (win.out_h * win.out_w).max(1) as f64;
-    win.k == 3
-        && win.stride == 1
-        && tiles >= MIN_TILES_PER_THREAD * rayon::current_num_threads()
-        && covered / wanted <= 1.35
+    let outputs = input.n * win.out_h * win.out_w;
+    let points = weights.points.len();
+    // Per input-output channel pair: 2 flops per product, 4 bytes per filter value.
+    let im2col = 2 * 9 * outputs + 4 * 9 * FLOPS_PER_WEIGHT_BYTE;
+    let winograd = 2 * points * tiles + 4 * points * FLOPS_PER_WEIGHT_BYTE;
+    let covered = (ty * m * tx * m) as f64 / (win.out_h * win.out_w).max(1) as f64;
+    win.k == 3 && win.stride == 1 && covered <= 1.35 && winograd < im2col
 }
 
 thread_local! {
@@ -151,75 +202,191 @@ pub(crate) fn conv(
         c: cout,
     };
     check_len(K, "out", out_dims.len(), out.len())?;
-    let grid = Grid {
-        tiles_y: win.out_h.div_ceil(M),
-        tiles_x: win.out_w.div_ceil(M),
-        pad_top: win.pad_top,
-        pad_left: win.pad_left,
+    let layer = Layer {
+        input,
+        dims,
+        out_dims,
+        grid: Grid {
+            tiles_y: win.out_h.div_ceil(weights.m),
+            tiles_x: win.out_w.div_ceil(weights.m),
+            pad_top: win.pad_top,
+            pad_left: win.pad_left,
+        },
+        weights,
+        bias,
+        act,
+        accumulate,
+        out: SharedOut(out.as_mut_ptr()),
     };
-    let total = dims.n * grid.tiles_y * grid.tiles_x;
-    if total == 0 || cout == 0 {
-        return Ok(());
+    if weights.m == 2 {
+        layer.run(&F2);
+    } else {
+        layer.run(&F4);
     }
-    let threads = rayon::current_num_threads().max(1);
-    let target = (CHUNK_VALUES / dims.c.max(cout).max(1)).clamp(48, 240);
-    let chunks = total.div_ceil(target).div_ceil(threads) * threads;
-    let per_chunk = total.div_ceil(chunks);
-    let shared = SharedOut(out.as_mut_ptr());
-    (0..chunks).into_par_iter().for_each(|chunk| {
-        let first = chunk * per_chunk;
-        let rows = per_chunk.min(total.saturating_sub(first));
-        if rows == 0 {
+    Ok(())
+}
+
+/// One convolution call, everything the steps need.
+struct Layer<'a> {
+    input: &'a [f32],
+    dims: Nhwc,
+    out_dims: Nhwc,
+    grid: Grid,
+    weights: &'a WinogradWeights,
+    bias: &'a [f32],
+    act: Activation,
+    accumulate: bool,
+    out: SharedOut,
+}
+
+/// The transformed tiles of the tiles `base..base + rows`: `rows × c` values per point.
+#[derive(Clone, Copy)]
+struct Planes {
+    at: *mut f32,
+    base: usize,
+    rows: usize,
+    c: usize,
+}
+
+// SAFETY: tasks sharing planes write disjoint rows (or read only).
+unsafe impl Send for Planes {}
+// SAFETY: as above.
+unsafe impl Sync for Planes {}
+
+impl Planes {
+    /// Row of tile `tile` in point `p`.
+    fn row(self, p: usize, tile: usize) -> *mut f32 {
+        // SAFETY (for callers): `tile` is in `base..base + rows`, `p` below the point count.
+        self.at
+            .wrapping_add((p * self.rows + tile - self.base) * self.c)
+    }
+}
+
+impl Layer<'_> {
+    fn run<const M: usize, const T: usize>(&self, tiling: &Tiling<M, T>) {
+        let total = self.dims.n * self.grid.tiles_y * self.grid.tiles_x;
+        let (cin, cout) = (self.dims.c, self.out_dims.c);
+        if total == 0 || cout == 0 {
             return;
         }
+        let threads = rayon::current_num_threads().max(1);
+        if total < MIN_TILES_PER_THREAD * threads {
+            self.run_by_point(tiling, total, threads);
+            return;
+        }
+        let target = (CHUNK_VALUES / cin.max(cout).max(1)).clamp(48, 240);
+        let chunks = total.div_ceil(target).div_ceil(threads) * threads;
+        let per_chunk = total.div_ceil(chunks);
+        (0..chunks).into_par_iter().for_each(|chunk| {
+            let first = chunk * per_chunk;
+            let rows = per_chunk.min(total.saturating_sub(first));
+            if rows == 0 {
+                return;
+            }
+            SCRATCH.with(|cell| {
+                let (v, m) = &mut *cell.borrow_mut();
+                let (v, m) = (grow(v, T * T * rows * cin), grow(m, T * T * rows * cout));
+                let v = Planes {
+                    at: v.as_mut_ptr(),
+                    base: first,
+                    rows,
+                    c: cin,
+                };
+                let m = Planes {
+                    at: m.as_mut_ptr(),
+                    base: first,
+                    rows,
+                    c: cout,
+                };
+                let tiles = first..first + rows;
+                // SAFETY: the planes hold these tiles; this task alone uses them, and its
+                // tiles cover output pixels no other task writes.
+                unsafe {
+                    transform_input_dispatch(tiling, self, tiles.clone(), v);
+                    self.multiply(0..T * T, v, m);
+                    transform_output_dispatch(tiling, self, tiles, m);
+                }
+            });
+        });
+    }
+
+    /// All tiles at once, each step split across the threads (the GEMMs by point).
+    fn run_by_point<const M: usize, const T: usize>(
+        &self,
+        tiling: &Tiling<M, T>,
+        total: usize,
+        threads: usize,
+    ) {
+        let (cin, cout) = (self.dims.c, self.out_dims.c);
         SCRATCH.with(|cell| {
             let (v, m) = &mut *cell.borrow_mut();
-            let (v_len, m_len) = (POINTS * rows * dims.c, POINTS * rows * cout);
-            if v.len() < v_len {
-                v.resize(v_len, 0.0);
-            }
-            if m.len() < m_len {
-                m.resize(m_len, 0.0);
-            }
-            transform_input_dispatch(input, dims, grid, first, rows, &mut v[..v_len]);
-            for (p, packed) in weights.points.iter().enumerate() {
-                // SAFETY: plane `p` of `v` holds `rows × cin` values, of `m` `rows × cout`.
-                unsafe {
-                    gemm_block(
-                        Block {
-                            r0: 0,
-                            r1: rows,
-                            c0: 0,
-                            c1: cout,
-                        },
-                        v.as_ptr().add(p * rows * dims.c),
-                        dims.c,
-                        packed,
-                        &weights.zero_bias,
-                        Activation::Identity,
-                        std::ptr::null(),
-                        m.as_mut_ptr().add(p * rows * cout),
-                        cout,
-                    );
-                }
-            }
-            // SAFETY: the chunk's tiles cover output pixels no other chunk writes.
-            unsafe {
-                transform_output_dispatch(
-                    &m[..m_len],
-                    out_dims,
-                    grid,
-                    first,
-                    rows,
-                    bias,
-                    act,
-                    accumulate,
-                    shared,
-                )
+            let (v, m) = (grow(v, T * T * total * cin), grow(m, T * T * total * cout));
+            let v = Planes {
+                at: v.as_mut_ptr(),
+                base: 0,
+                rows: total,
+                c: cin,
             };
+            let m = Planes {
+                at: m.as_mut_ptr(),
+                base: 0,
+                rows: total,
+                c: cout,
+            };
+            let parts = threads.min(total);
+            let part = |i: usize| total * i / parts..total * (i + 1) / parts;
+            // SAFETY: each task writes its own tiles' rows of `v`, its own points of `m`,
+            // then its own tiles' output pixels; the planes hold every tile.
+            (0..parts)
+                .into_par_iter()
+                .for_each(|i| unsafe { transform_input_dispatch(tiling, self, part(i), v) });
+            let points = T * T;
+            (0..threads.min(points))
+                .into_par_iter()
+                .for_each(|i| unsafe {
+                    let share =
+                        points * i / threads.min(points)..points * (i + 1) / threads.min(points);
+                    self.multiply(share, v, m)
+                });
+            (0..parts)
+                .into_par_iter()
+                .for_each(|i| unsafe { transform_output_dispatch(tiling, self, part(i), m) });
         });
-    });
-    Ok(())
+    }
+
+    /// `m[p] = v[p] · U[p]` for the points `points`, over all tiles of the planes.
+    ///
+    /// # Safety
+    /// The planes hold the same tiles, `cin` and `cout` values per row; no one else
+    /// touches these points of `m` meanwhile.
+    unsafe fn multiply(&self, points: Range<usize>, v: Planes, m: Planes) {
+        for p in points {
+            gemm_block(
+                Block {
+                    r0: 0,
+                    r1: v.rows,
+                    c0: 0,
+                    c1: m.c,
+                },
+                v.row(p, v.base),
+                v.c,
+                &self.weights.points[p],
+                &self.weights.zero_bias,
+                Activation::Identity,
+                std::ptr::null(),
+                m.row(p, m.base),
+                m.c,
+            );
+        }
+    }
+}
+
+/// The first `len` values of a reused buffer, grown when needed.
+fn grow(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buffer.len() < len {
+        buffer.resize(len, 0.0);
+    }
+    &mut buffer[..len]
 }
 
 /// How the output is cut into tiles.
@@ -240,20 +407,21 @@ impl Grid {
     }
 }
 
-/// `v[p][r][c]` = point `p` of `Bᵀ·d·B` for tile `first + r`, channel `c`.
+/// Point `p` of `Bᵀ·d·B` for each tile in `tiles` and channel, into row (tile) of plane `p`.
+///
+/// # Safety
+/// `v` holds the tiles, `cin` values per row; no one else writes these rows meanwhile.
 #[inline(always)]
-fn transform_input<const FMA: bool>(
-    input: &[f32],
-    dims: Nhwc,
-    grid: Grid,
-    first: usize,
-    rows: usize,
-    v: &mut [f32],
+unsafe fn transform_input<const FMA: bool, const M: usize, const T: usize>(
+    tiling: &Tiling<M, T>,
+    layer: &Layer,
+    tiles: Range<usize>,
+    v: Planes,
 ) {
+    let (dims, grid) = (layer.dims, layer.grid);
     let c = dims.c;
-    let plane = rows * c;
-    for r in 0..rows {
-        let (n, ty, tx) = grid.locate(first + r);
+    for tile in tiles {
+        let (n, ty, tx) = grid.locate(tile);
         let y0 = (ty * M) as isize - grid.pad_top as isize;
         let x0 = (tx * M) as isize - grid.pad_left as isize;
         for c0 in (0..c).step_by(LANES) {
@@ -270,15 +438,15 @@ fn transform_input<const FMA: bool>(
                         continue;
                     }
                     let at = ((n * dims.h + iy as usize) * dims.w + ix as usize) * c + c0;
-                    d_px[..lanes].copy_from_slice(&input[at..at + lanes]);
+                    d_px[..lanes].copy_from_slice(&layer.input[at..at + lanes]);
                 }
             }
-            // Bᵀ·d, then (Bᵀ·d)·B; zero coefficients are skipped (constants, so the
-            // compiler drops the branches).
+            // Bᵀ·d, then (Bᵀ·d)·B; zero coefficients are skipped (constants once inlined,
+            // so the compiler drops the branches).
             let mut bd = [[[0f32; LANES]; T]; T];
             for (i, bd_row) in bd.iter_mut().enumerate() {
                 for (k, d_row) in d.iter().enumerate() {
-                    let b = BT[i][k];
+                    let b = tiling.bt[i][k];
                     if b == 0.0 {
                         continue;
                     }
@@ -290,7 +458,7 @@ fn transform_input<const FMA: bool>(
                 }
             }
             for (i, bd_row) in bd.iter().enumerate() {
-                for (j, bt_row) in BT.iter().enumerate() {
+                for (j, bt_row) in tiling.bt.iter().enumerate() {
                     let mut acc = [0f32; LANES];
                     for (k, x) in bd_row.iter().enumerate() {
                         let b = bt_row[k];
@@ -301,52 +469,47 @@ fn transform_input<const FMA: bool>(
                             acc[l] = fmadd::<FMA>(acc[l], b, x[l]);
                         }
                     }
-                    let at = (i * T + j) * plane + r * c + c0;
-                    v[at..at + lanes].copy_from_slice(&acc[..lanes]);
+                    let row = v.row(i * T + j, tile).add(c0);
+                    std::ptr::copy_nonoverlapping(acc.as_ptr(), row, lanes);
                 }
             }
         }
     }
 }
 
-/// Output pixels of tiles `first..first + rows` from their GEMM results `m[p][r][o]`:
-/// `Aᵀ·m·A`, plus bias (and the residual already in `out`), activation.
+/// Output pixels of `tiles` from their GEMM results in `m`: `Aᵀ·m·A`, plus bias (and the
+/// residual already in the output), activation.
 ///
 /// # Safety
-/// `out` points at an NHWC output of `out_dims` that no one else writes in these tiles.
-#[allow(clippy::too_many_arguments)]
+/// `m` holds the tiles, `cout` values per row; the layer's output is written by no one
+/// else in these tiles.
 #[inline(always)]
-unsafe fn transform_output<const FMA: bool>(
-    m: &[f32],
-    out_dims: Nhwc,
-    grid: Grid,
-    first: usize,
-    rows: usize,
-    bias: &[f32],
-    act: Activation,
-    accumulate: bool,
-    out: SharedOut,
+unsafe fn transform_output<const FMA: bool, const M: usize, const T: usize>(
+    tiling: &Tiling<M, T>,
+    layer: &Layer,
+    tiles: Range<usize>,
+    m: Planes,
 ) {
+    let (out_dims, grid) = (layer.out_dims, layer.grid);
     let cout = out_dims.c;
-    let plane = rows * cout;
-    for r in 0..rows {
-        let (n, ty, tx) = grid.locate(first + r);
+    for tile in tiles {
+        let (n, ty, tx) = grid.locate(tile);
         for o0 in (0..cout).step_by(LANES) {
             let lanes = LANES.min(cout - o0);
             let mut bias_lanes = [0f32; LANES];
-            bias_lanes[..lanes].copy_from_slice(&bias[o0..o0 + lanes]);
+            bias_lanes[..lanes].copy_from_slice(&layer.bias[o0..o0 + lanes]);
             let mut p = [[[0f32; LANES]; T]; T];
             for (i, p_row) in p.iter_mut().enumerate() {
                 for (j, px) in p_row.iter_mut().enumerate() {
-                    let at = (i * T + j) * plane + r * cout + o0;
-                    px[..lanes].copy_from_slice(&m[at..at + lanes]);
+                    let row = m.row(i * T + j, tile).add(o0);
+                    std::ptr::copy_nonoverlapping(row, px.as_mut_ptr(), lanes);
                 }
             }
             // Aᵀ·p (M×T), then (Aᵀ·p)·A (M×M).
             let mut ap = [[[0f32; LANES]; T]; M];
             for (i, ap_row) in ap.iter_mut().enumerate() {
                 for (k, p_row) in p.iter().enumerate() {
-                    let a = AT[i][k];
+                    let a = tiling.at[i][k];
                     if a == 0.0 {
                         continue;
                     }
@@ -362,12 +525,12 @@ unsafe fn transform_output<const FMA: bool>(
                 if oy >= out_dims.h {
                     break;
                 }
-                for (j, at_row) in AT.iter().enumerate() {
+                for (j, at_row) in tiling.at.iter().enumerate() {
                     let ox = tx * M + j;
                     if ox >= out_dims.w {
                         break;
                     }
-                    let mut y = [0f32; LANES];
+                    let mut y = bias_lanes;
                     for (k, x) in ap_row.iter().enumerate() {
                         let a = at_row[k];
                         if a == 0.0 {
@@ -378,21 +541,13 @@ unsafe fn transform_output<const FMA: bool>(
                         }
                     }
                     let at = ((n * out_dims.h + oy) * out_dims.w + ox) * cout + o0;
-                    let px = std::slice::from_raw_parts_mut(out.ptr().add(at), lanes);
-                    for l in 0..LANES {
-                        y[l] += bias_lanes[l];
-                    }
-                    if lanes == LANES {
-                        finish(
-                            &mut y,
-                            px.try_into().unwrap_or_else(|_| unreachable!()),
-                            act,
-                            accumulate,
-                        );
+                    let px = std::slice::from_raw_parts_mut(layer.out.ptr().add(at), lanes);
+                    if let Ok(full) = <&mut [f32; LANES]>::try_from(&mut *px) {
+                        finish(&mut y, full, layer.act, layer.accumulate);
                     } else {
                         let mut tail = [0f32; LANES];
                         tail[..lanes].copy_from_slice(px);
-                        finish(&mut y, &mut tail, act, accumulate);
+                        finish(&mut y, &mut tail, layer.act, layer.accumulate);
                         px.copy_from_slice(&tail[..lanes]);
                     }
                 }
@@ -418,62 +573,55 @@ fn finish(y: &mut [f32; LANES], px: &mut [f32; LANES], act: Activation, accumula
 }
 
 /// [`transform_input`] at the CPU's best SIMD level.
-fn transform_input_dispatch(
-    input: &[f32],
-    dims: Nhwc,
-    grid: Grid,
-    first: usize,
-    rows: usize,
-    v: &mut [f32],
+///
+/// # Safety
+/// As [`transform_input`].
+unsafe fn transform_input_dispatch<const M: usize, const T: usize>(
+    tiling: &Tiling<M, T>,
+    layer: &Layer,
+    tiles: Range<usize>,
+    v: Planes,
 ) {
     #[cfg(target_arch = "x86_64")]
     if crate::kernels::simd_level() >= 2 {
         #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-        unsafe fn v4(i: &[f32], d: Nhwc, g: Grid, f: usize, r: usize, v: &mut [f32]) {
-            transform_input::<true>(i, d, g, f, r, v)
+        unsafe fn v4<const M: usize, const T: usize>(
+            t: &Tiling<M, T>,
+            l: &Layer,
+            r: Range<usize>,
+            v: Planes,
+        ) {
+            transform_input::<true, M, T>(t, l, r, v)
         }
-        // SAFETY: the CPU has AVX-512F/VL, AVX2 and FMA (checked by simd_level).
-        return unsafe { v4(input, dims, grid, first, rows, v) };
+        return v4(tiling, layer, tiles, v);
     }
-    transform_input::<false>(input, dims, grid, first, rows, v)
+    transform_input::<false, M, T>(tiling, layer, tiles, v)
 }
 
 /// [`transform_output`] at the CPU's best SIMD level.
 ///
 /// # Safety
 /// As [`transform_output`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn transform_output_dispatch(
-    m: &[f32],
-    out_dims: Nhwc,
-    grid: Grid,
-    first: usize,
-    rows: usize,
-    bias: &[f32],
-    act: Activation,
-    accumulate: bool,
-    out: SharedOut,
+unsafe fn transform_output_dispatch<const M: usize, const T: usize>(
+    tiling: &Tiling<M, T>,
+    layer: &Layer,
+    tiles: Range<usize>,
+    m: Planes,
 ) {
     #[cfg(target_arch = "x86_64")]
     if crate::kernels::simd_level() >= 2 {
-        #[allow(clippy::too_many_arguments)]
         #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-        unsafe fn v4(
-            m: &[f32],
-            d: Nhwc,
-            g: Grid,
-            f: usize,
-            r: usize,
-            b: &[f32],
-            a: Activation,
-            acc: bool,
-            o: SharedOut,
+        unsafe fn v4<const M: usize, const T: usize>(
+            t: &Tiling<M, T>,
+            l: &Layer,
+            r: Range<usize>,
+            m: Planes,
         ) {
-            transform_output::<true>(m, d, g, f, r, b, a, acc, o)
+            transform_output::<true, M, T>(t, l, r, m)
         }
-        return v4(m, out_dims, grid, first, rows, bias, act, accumulate, out);
+        return v4(tiling, layer, tiles, m);
     }
-    transform_output::<false>(m, out_dims, grid, first, rows, bias, act, accumulate, out)
+    transform_output::<false, M, T>(tiling, layer, tiles, m)
 }
 
 #[cfg(test)]
@@ -493,14 +641,19 @@ mod tests {
             .collect()
     }
 
-    /// Every tile position (edges, ragged last tiles), with and without residual, against
-    /// im2col on the same weights.
+    /// Every tile position (edges, ragged last tiles), with and without residual, both
+    /// tilings (F(2×2) from 256 input channels), both schedules (few tiles: by point; many:
+    /// by chunk), against im2col on the same weights.
     #[test]
     fn matches_im2col_on_ragged_maps_with_residual() {
         for (n, h, w, cin, cout) in [
+            (4, 27, 29, 16, 24),
+            (2, 28, 27, 256, 16),
             (1, 8, 8, 16, 32),
             (2, 7, 9, 20, 40),
             (1, 14, 14, 64, 64),
+            (2, 14, 14, 256, 32),
+            (1, 7, 7, 300, 20),
             (3, 5, 3, 3, 17),
             (1, 1, 1, 8, 8),
         ] {
