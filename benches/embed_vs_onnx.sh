@@ -6,8 +6,9 @@
 # 2. Runs PASSES passes, each timing our MobileNetV2 (benches/embed_speed.rs, both engines:
 #    the fused `fast` kernels and stock `candle` ops) and then ONNX Runtime
 #    (benches/embed_onnx_time.py), at batch 1 and 32, interleaved.
-# 3. Times every model with both engines once, then prints per-pass figures, the medians and
-#    the ratios (fast / ORT, candle / ORT, fast / candle).
+# 3. Times every model with both engines in TURNS (7) alternating turns (embed_speed --paired),
+#    then prints per-pass figures, the medians and the ratios (fast / ORT, candle / ORT,
+#    fast / candle, and the paired fast / candle: the median over turns of each turn's ratio).
 #
 # Python packages live in a venv outside the repository ($WTB_ANCHORS_VENV, default
 # /tmp/wtb-anchors-venv; created with numpy, onnx, onnxruntime, safetensors when missing).
@@ -19,6 +20,7 @@ shared="${WTB_SHARED_DIR:-$(cd .. && pwd)/shared}"
 venv="${WTB_ANCHORS_VENV:-/tmp/wtb-anchors-venv}"
 passes="${PASSES:-3}"
 min_seconds="${MIN_SECONDS:-3}"
+turns="${TURNS:-7}"
 
 if [ -z "${WTB_BENCH_NICED:-}" ] && [ "$(id -u)" = 0 ]; then
     export WTB_BENCH_NICED=1
@@ -53,8 +55,8 @@ for pass in $(seq 1 "$passes"); do
         --min-seconds "$min_seconds" --json "$work/ort_$pass.json"
 done
 
-echo "== every model"
-"$bench" --min-seconds "$min_seconds" --json "$work/all.json"
+echo "== every model, fast engine against stock candle in $turns alternating turns"
+"$bench" --paired "$turns" --json "$work/all.json"
 
 echo "== summary (median over $passes passes)"
 python3 - "$work" "$passes" <<'PY'
@@ -83,15 +85,10 @@ for b in (1, 32):
     fast, candle, onnx = median(ours, b, "fast"), median(ours, b, "candle"), median(ort, b)
     print(f"| {b} | {fast:.1f} | {candle:.1f} | {onnx:.1f} | {fast / onnx:.2f} | {candle / onnx:.2f} |")
 print()
-print("Every model, one run (images/s):")
-print("| model | weights | batch | fast | candle | fast / candle |")
-print("|---|---|---:|---:|---:|---:|")
-every = json.load(open(f"{work}/all.json"))
-for model in dict.fromkeys(r["model"] for r in every):
-    for b in (1, 32):
-        got = {r["engine"]: r for r in every if r["model"] == model and r["batch"] == b}
-        fast, candle = got.get("fast"), got["candle"]
-        ratio = f"{fast['images_per_s'] / candle['images_per_s']:.1f}x" if fast else "no fast plan"
-        fast_s = f"{fast['images_per_s']:.1f}" if fast else "-"
-        print(f"| {model} | {candle['weights']} | {b} | {fast_s} | {candle['images_per_s']:.1f} | {ratio} |")
+print("Every model, fast engine against stock candle in alternating turns (images/s, medians):")
+print("| model | weights | batch | fast | stock candle | fast / candle | paired |")
+print("|---|---|---:|---:|---:|---:|---:|")
+for r in json.load(open(f"{work}/all.json")):
+    print(f"| {r['model']} | {r['weights']} | {r['batch']} | {r['fast_images_per_s']:.1f} | "
+          f"{r['candle_images_per_s']:.1f} | {r['speedup']:.1f}x | {r['paired_speedup']:.1f}x |")
 PY
