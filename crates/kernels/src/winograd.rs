@@ -318,9 +318,15 @@ impl Layer<'_> {
         threads: usize,
     ) {
         let (cin, cout) = (self.dims.c, self.out_dims.c);
-        SCRATCH.with(|cell| {
-            let (v, m) = &mut *cell.borrow_mut();
-            let (v, m) = (grow(v, T * T * total * cin), grow(m, T * T * total * cout));
+        // The buffers leave the thread-local for the parallel steps: while this thread waits
+        // for them it may run another task that wants its own scratch.
+        let (mut v_buffer, mut m_buffer) =
+            SCRATCH.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
+        {
+            let (v, m) = (
+                grow(&mut v_buffer, T * T * total * cin),
+                grow(&mut m_buffer, T * T * total * cout),
+            );
             let v = Planes {
                 at: v.as_mut_ptr(),
                 base: 0,
@@ -351,7 +357,8 @@ impl Layer<'_> {
             (0..parts)
                 .into_par_iter()
                 .for_each(|i| unsafe { transform_output_dispatch(tiling, self, part(i), m) });
-        });
+        }
+        SCRATCH.with(|cell| *cell.borrow_mut() = (v_buffer, m_buffer));
     }
 
     /// `m[p] = v[p] · U[p]` for the points `points`, over all tiles of the planes.
