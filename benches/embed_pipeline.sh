@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `wtb embed` over a folder of real photos (decoding, resizing and the model together) against
-# the model alone (benches/embed_speed.rs, MobileNetV2, fast engine, batch 32), interleaved,
-# PASSES passes, in one run on one machine. Prints images/s of both and their ratio.
+# the model alone (benches/embed_speed.rs, MobileNetV2, fast engine, batch 32, timed just before
+# and just after each embed run), PASSES passes, in one run on one machine. Prints images/s of
+# both, their ratio per pass and the median ratio.
 #
 # Usage: benches/embed_pipeline.sh [PHOTO_DIR]   (default: $WTB_SHARED_DIR/data/s2s-dev/photos_resized)
 # Env:   WTB_SHARED_DIR (default ../shared beside the project), PASSES (3)
@@ -35,18 +36,33 @@ trap 'rm -rf "$work"' EXIT
 count=$(find "$photos" -type f -name '*.jpg' | wc -l)
 echo "photos: $count in $photos; $(nproc) cores"
 
+model_rate() {
+    "$bench" --models mobilenet_v2 --engines fast --batches 32 --min-seconds 5 |
+        awk -F'|' '/mobilenet_v2/ {gsub(/ /, "", $6); print $6}'
+}
 for pass in $(seq 1 "$passes"); do
-    model=$("$bench" --models mobilenet_v2 --engines fast --batches 32 --min-seconds 5 | awk -F'|' '/mobilenet_v2/ {gsub(/ /, "", $6); print $6}')
+    # The model alone just before and just after the embed run (their mean), so that a drift
+    # of the machine's speed during the pass hits both sides alike.
+    before=$(model_rate)
     start=$(date +%s.%N)
     target/release/wtb embed --model mobilenet_v2 --weights "$weights" --images "$photos" \
         --batch 32 --out "$work/gallery.safetensors" > "$work/embed.log" 2>&1
     end=$(date +%s.%N)
+    after=$(model_rate)
     embedded=$(grep -o 'embedded [0-9]*' "$work/embed.log" | head -1 | awk '{print $2}')
-    python3 - "$pass" "$model" "$embedded" "$start" "$end" <<'PY'
+    python3 - "$pass" "$before" "$after" "$embedded" "$start" "$end" "$work/ratios" <<'PY'
 import sys
-p, model, n, start, end = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
-rate = n / (end - start)
-print(f"pass {p}: model only {model:.1f} img/s; wtb embed {n} photos in {end - start:.1f} s = {rate:.1f} img/s; "
+p, before, after, n, start, end, ratios = sys.argv[1:]
+model = (float(before) + float(after)) / 2
+rate = int(n) / (float(end) - float(start))
+print(f"pass {p}: model only {model:.1f} img/s (before {float(before):.1f}, after {float(after):.1f}); "
+      f"wtb embed {n} photos in {float(end) - float(start):.1f} s = {rate:.1f} img/s; "
       f"wtb embed / model = {rate / model:.2f}")
+open(ratios, "a").write(f"{rate / model}\n")
 PY
 done
+python3 - "$work/ratios" <<'PY'
+import statistics, sys
+r = [float(x) for x in open(sys.argv[1])]
+print(f"median over {len(r)} passes: wtb embed / model = {statistics.median(r):.2f}")
+PY
