@@ -43,11 +43,11 @@ pub fn preprocess_image(
                 let long = (TORCHVISION_RESIZE as u64 * width as u64 / height as u64) as u32;
                 (long, TORCHVISION_RESIZE)
             };
-            let resized = resize(image, new_w, new_h)?;
-            // CenterCrop uses Python's round(), which rounds halves to even.
+            // CenterCrop uses Python's round(), which rounds halves to even. Only the crop of
+            // the resized image is computed: each output pixel depends on its own window alone.
             let left = ((new_w - size) as f64 / 2.0).round_ties_even() as u32;
             let top = ((new_h - size) as f64 / 2.0).round_ties_even() as u32;
-            image::imageops::crop_imm(&resized, left, top, size, size).to_image()
+            resize_region(image, new_w, new_h, (left, top, size, size))?
         }
         Preprocess::Squash => resize(image, size, size)?,
         Preprocess::Pad => {
@@ -73,25 +73,44 @@ pub fn preprocess_image(
 /// the scale when shrinking, 22-bit fixed-point weights, horizontal pass first, each pass
 /// rounded to 8 bits.
 fn resize(image: &RgbImage, width: u32, height: u32) -> Result<RgbImage, String> {
+    resize_region(image, width, height, (0, 0, width, height))
+}
+
+/// The `(x, y, w, h)` region of [`resize`]`(image, width, height)`, bit for bit, computing
+/// only the pixels in it.
+fn resize_region(
+    image: &RgbImage,
+    width: u32,
+    height: u32,
+    region: (u32, u32, u32, u32),
+) -> Result<RgbImage, String> {
     let (in_w, in_h) = image.dimensions();
+    let (rx, ry, rw, rh) = region;
     if width == 0 || height == 0 {
         return Err(format!("resize to {width}x{height}"));
     }
+    if rw == 0 || rh == 0 || rx + rw > width || ry + rh > height {
+        return Err(format!(
+            "region {rw}x{rh}+{rx}+{ry} of a {width}x{height} resize"
+        ));
+    }
     if (in_w, in_h) == (width, height) {
-        return Ok(image.clone());
+        return Ok(image::imageops::crop_imm(image, rx, ry, rw, rh).to_image());
     }
     let horizontal = Filter::new(in_w as usize, width as usize);
     let vertical = Filter::new(in_h as usize, height as usize);
-    // Horizontal pass over the rows the vertical pass reads, as Pillow does.
-    let first_row = vertical.bounds.first().map_or(0, |b| b.0);
-    let last_row = vertical.bounds.last().map_or(0, |b| b.0 + b.1);
+    let (rx, ry, rw, rh) = (rx as usize, ry as usize, rw as usize, rh as usize);
+    // Horizontal pass over the source rows the region's vertical windows read (they move
+    // down monotonically), as Pillow does.
+    let first_row = vertical.bounds[ry].0;
+    let last_row = vertical.bounds[ry + rh - 1].0 + vertical.bounds[ry + rh - 1].1;
     let src = image.as_raw();
-    let (in_w, width, height) = (in_w as usize, width as usize, height as usize);
-    let mut rows = vec![0u8; (last_row - first_row) * width * 3];
-    for (y, row) in (first_row..last_row).zip(rows.chunks_exact_mut(width * 3)) {
+    let in_w = in_w as usize;
+    let mut rows = vec![0u8; (last_row - first_row) * rw * 3];
+    for (y, row) in (first_row..last_row).zip(rows.chunks_exact_mut(rw * 3)) {
         let line = &src[y * in_w * 3..(y + 1) * in_w * 3];
         for (x, out) in row.chunks_exact_mut(3).enumerate() {
-            let (start, weights) = horizontal.weights(x);
+            let (start, weights) = horizontal.weights(rx + x);
             let taps = &line[start * 3..(start + weights.len()) * 3];
             let mut sum = [ROUNDING; 3];
             for (pixel, &w) in taps.chunks_exact(3).zip(weights) {
@@ -105,14 +124,14 @@ fn resize(image: &RgbImage, width: u32, height: u32) -> Result<RgbImage, String>
         }
     }
     // Whole rows at a time, so that the compiler vectorises the multiply-adds.
-    let mut out = vec![0u8; width * height * 3];
-    let mut sums = vec![0i32; width * 3];
-    for (y, row) in out.chunks_exact_mut(width * 3).enumerate() {
-        let (start, weights) = vertical.weights(y);
+    let mut out = vec![0u8; rw * rh * 3];
+    let mut sums = vec![0i32; rw * 3];
+    for (y, row) in out.chunks_exact_mut(rw * 3).enumerate() {
+        let (start, weights) = vertical.weights(ry + y);
         let start = start - first_row;
         sums.fill(ROUNDING);
         for (k, &w) in weights.iter().enumerate() {
-            let source = &rows[(start + k) * width * 3..(start + k + 1) * width * 3];
+            let source = &rows[(start + k) * rw * 3..(start + k + 1) * rw * 3];
             for (sum, &value) in sums.iter_mut().zip(source) {
                 *sum += value as i32 * w;
             }
@@ -121,8 +140,7 @@ fn resize(image: &RgbImage, width: u32, height: u32) -> Result<RgbImage, String>
             *value = clip8(sum);
         }
     }
-    RgbImage::from_raw(width as u32, height as u32, out)
-        .ok_or_else(|| "resize buffer size".to_string())
+    RgbImage::from_raw(rw as u32, rh as u32, out).ok_or_else(|| "resize buffer size".to_string())
 }
 
 /// Pillow's fixed-point precision for 8-bit resampling; its sums are 32-bit integers too, and
@@ -149,17 +167,17 @@ impl Filter {
         let size = support.ceil() as usize * 2 + 1;
         let mut bounds = Vec::with_capacity(out_size);
         let mut weights = vec![0i32; out_size * size];
+        let mut k = Vec::with_capacity(size);
         for (xx, kk) in weights.chunks_exact_mut(size).enumerate() {
             let center = (xx as f64 + 0.5) * scale;
             let ss = 1.0 / filter_scale;
             let xmin = ((center - support + 0.5) as i64).max(0) as usize;
             let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize - xmin;
-            let k: Vec<f64> = (0..xmax)
-                .map(|x| {
-                    let t = ((x + xmin) as f64 - center + 0.5) * ss;
-                    (1.0 - t.abs()).max(0.0)
-                })
-                .collect();
+            k.clear();
+            k.extend((0..xmax).map(|x| {
+                let t = ((x + xmin) as f64 - center + 0.5) * ss;
+                (1.0 - t.abs()).max(0.0)
+            }));
             let total: f64 = k.iter().sum();
             for (slot, w) in kk.iter_mut().zip(&k) {
                 let w = if total != 0.0 { w / total } else { *w };
@@ -181,14 +199,24 @@ impl Filter {
     }
 }
 
+/// `(value / 255 − mean) / std` per channel into CHW planes, through a table of the 256
+/// possible values per channel (the same f32 operations, once each).
 fn normalize(image: &RgbImage) -> Vec<f32> {
     let plane = (image.width() * image.height()) as usize;
-    let mut out = vec![0f32; 3 * plane];
-    for (channel, (mean, std)) in IMAGENET_MEAN.iter().zip(IMAGENET_STD).enumerate() {
-        let target = &mut out[channel * plane..(channel + 1) * plane];
-        for (value, pixel) in target.iter_mut().zip(image.pixels()) {
-            *value = (pixel[channel] as f32 / 255.0 - mean) / std;
+    let mut table = [[0f32; 256]; 3];
+    for (channel, row) in table.iter_mut().enumerate() {
+        let (mean, std) = (IMAGENET_MEAN[channel], IMAGENET_STD[channel]);
+        for (value, slot) in row.iter_mut().enumerate() {
+            *slot = (value as f32 / 255.0 - mean) / std;
         }
+    }
+    let mut out = vec![0f32; 3 * plane];
+    let (red, rest) = out.split_at_mut(plane);
+    let (green, blue) = rest.split_at_mut(plane);
+    for (i, pixel) in image.as_raw().chunks_exact(3).enumerate() {
+        red[i] = table[0][pixel[0] as usize];
+        green[i] = table[1][pixel[1] as usize];
+        blue[i] = table[2][pixel[2] as usize];
     }
     out
 }
@@ -201,6 +229,32 @@ mod tests {
         RgbImage::from_fn(width, height, |x, y| {
             Rgb([(x % 256) as u8, (y % 256) as u8, 128])
         })
+    }
+
+    /// The region path computes exactly the crop of the full resize (up- and down-scaling,
+    /// regions at the edges), and refuses regions outside it.
+    #[test]
+    fn a_resized_region_is_the_crop_of_the_full_resize() {
+        let mut state = 7u32;
+        let noise = RgbImage::from_fn(173, 91, |_, _| {
+            state = state.wrapping_mul(1664525).wrapping_add(1013904223);
+            let b = state.to_le_bytes();
+            Rgb([b[1], b[2], b[3]])
+        });
+        for ((w, h), (rx, ry, rw, rh)) in [
+            ((80, 50), (0, 0, 80, 50)),
+            ((80, 50), (13, 7, 40, 30)),
+            ((300, 120), (299, 119, 1, 1)),
+            ((173, 91), (5, 5, 100, 80)),
+            ((64, 200), (0, 150, 64, 50)),
+        ] {
+            let full = resize(&noise, w, h).unwrap();
+            let want = image::imageops::crop_imm(&full, rx, ry, rw, rh).to_image();
+            let got = resize_region(&noise, w, h, (rx, ry, rw, rh)).unwrap();
+            assert_eq!(got, want, "{w}x{h} region {rw}x{rh}+{rx}+{ry}");
+        }
+        assert!(resize_region(&noise, 80, 50, (70, 0, 20, 10)).is_err());
+        assert!(resize_region(&noise, 80, 50, (0, 0, 0, 10)).is_err());
     }
 
     #[test]
