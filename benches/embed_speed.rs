@@ -14,6 +14,12 @@
 //! median and the paired speed-up (median over turns of the turn's ratio); the JSON rows
 //! then carry `candle_images_per_s`, `fast_images_per_s`, `speedup` and `paired_speedup`.
 //!
+//! `--pipeline DIR TURNS` times decoding included against the model alone, MobileNetV2, fast
+//! engine, batch 32: TURNS alternating turns of [`wtb_embed::Embedder::embed_jobs`] (what
+//! `wtb embed` runs: decode, resize, normalise, model) over the next 320 `.jpg` photos of DIR,
+//! then the model alone on a synthetic batch for about as long. It reports both rates and the
+//! paired ratio (median over turns of each turn's ratio).
+//!
 //! `--parity` also embeds each batch on the CPU and fails unless the device's vectors are within
 //! relative L2 1e-3 of them (used by `benches/cuda_check.sh`; build with
 //! `--features wtb-embed/cuda` for CUDA).
@@ -39,6 +45,7 @@ struct Options {
     device: DeviceChoice,
     parity: bool,
     paired: Option<usize>,
+    pipeline: Option<(PathBuf, usize)>,
 }
 
 fn parse_options() -> anyhow::Result<Options> {
@@ -51,6 +58,7 @@ fn parse_options() -> anyhow::Result<Options> {
         device: DeviceChoice::Cpu,
         parity: false,
         paired: None,
+        pipeline: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -79,6 +87,15 @@ fn parse_options() -> anyhow::Result<Options> {
             "--device" => options.device = value()?.parse()?,
             "--parity" => options.parity = true,
             "--paired" => options.paired = Some(value()?.parse().context("--paired")?),
+            "--pipeline" => {
+                let dir = PathBuf::from(value()?);
+                let turns = args
+                    .next()
+                    .context("--pipeline needs DIR and TURNS")?
+                    .parse()
+                    .context("--pipeline TURNS")?;
+                options.pipeline = Some((dir, turns));
+            }
             // cargo bench passes --bench to harness=false binaries.
             "--bench" => {}
             other => bail!("unknown argument {other:?}"),
@@ -203,6 +220,68 @@ fn paired(options: &Options, turns: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Decoding included against the model alone, in alternating turns (see the module docs).
+fn pipeline(options: &Options, dir: &std::path::Path, turns: usize) -> anyhow::Result<()> {
+    let mut photos: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|e| e == "jpg"))
+        .collect();
+    photos.sort();
+    if photos.is_empty() {
+        bail!("no .jpg photos in {}", dir.display());
+    }
+    let (embedder, weights) = embedder(ModelKind::MobileNetV2, options.device, Engine::Fast)?;
+    let jobs: Vec<wtb_embed::ImageJob> = photos
+        .iter()
+        .map(|path| wtb_embed::ImageJob {
+            id: path.display().to_string(),
+            path: path.clone(),
+            crop: None,
+        })
+        .collect();
+    const PER_TURN: usize = 320;
+    let x = input(32, 224)?;
+    time_calls(&embedder, &x, 2)?; // warm-up
+    let (mut with_decoding, mut model_only, mut ratios) = (vec![], vec![], vec![]);
+    let mut next = 0;
+    for _ in 0..turns.max(1) {
+        let slice: Vec<_> = (0..PER_TURN).map(|i| jobs[(next + i) % jobs.len()].clone()).collect();
+        next = (next + PER_TURN) % jobs.len();
+        let t = Instant::now();
+        let outcome = embedder.embed_jobs(&slice, 32, &|_, _| {})?;
+        let seconds = t.elapsed().as_secs_f64();
+        let pipeline_rate = outcome.ids.len() as f64 / seconds;
+        let calls = ((seconds / time_calls(&embedder, &x, 1)?[0]) as usize).clamp(1, 100);
+        let model_rate = 32.0 / median(&time_calls(&embedder, &x, calls)?);
+        with_decoding.push(pipeline_rate);
+        model_only.push(model_rate);
+        ratios.push(pipeline_rate / model_rate);
+    }
+    println!(
+        "pipeline ({} photos in {}, {weights} MobileNetV2 weights, batch 32, {} turns of {PER_TURN}): \
+         decoding included {:.1} img/s, model alone {:.1} img/s, ratio {:.2}, paired {:.2}",
+        photos.len(),
+        dir.display(),
+        ratios.len(),
+        median(&with_decoding),
+        median(&model_only),
+        median(&with_decoding) / median(&model_only),
+        median(&ratios)
+    );
+    if let Some(path) = &options.json {
+        let row = serde_json::json!({
+            "photos": photos.len(), "turns": ratios.len(),
+            "decoding_included_images_per_s": median(&with_decoding),
+            "model_only_images_per_s": median(&model_only),
+            "paired_ratio": median(&ratios),
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&row)?)
+            .with_context(|| format!("{}", path.display()))?;
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let options = parse_options()?;
     let threads = std::thread::available_parallelism()
@@ -214,6 +293,9 @@ fn main() -> anyhow::Result<()> {
     );
     if let Some(turns) = options.paired {
         return paired(&options, turns);
+    }
+    if let Some((dir, turns)) = &options.pipeline {
+        return pipeline(&options, dir, *turns);
     }
     println!("| model | engine | weights | batch | images/s | ms/image | runs |");
     println!("|---|---|---|---:|---:|---:|---:|");
