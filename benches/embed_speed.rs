@@ -246,7 +246,9 @@ fn pipeline(options: &Options, dir: &std::path::Path, turns: usize) -> anyhow::R
     let (mut with_decoding, mut model_only, mut ratios) = (vec![], vec![], vec![]);
     let mut next = 0;
     for _ in 0..turns.max(1) {
-        let slice: Vec<_> = (0..PER_TURN).map(|i| jobs[(next + i) % jobs.len()].clone()).collect();
+        let slice: Vec<_> = (0..PER_TURN)
+            .map(|i| jobs[(next + i) % jobs.len()].clone())
+            .collect();
         next = (next + PER_TURN) % jobs.len();
         let t = Instant::now();
         let outcome = embedder.embed_jobs(&slice, 32, &|_, _| {})?;

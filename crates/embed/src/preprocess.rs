@@ -210,13 +210,13 @@ fn normalize(image: &RgbImage) -> Vec<f32> {
             *slot = (value as f32 / 255.0 - mean) / std;
         }
     }
-    let mut out = vec![0f32; 3 * plane];
-    let (red, rest) = out.split_at_mut(plane);
-    let (green, blue) = rest.split_at_mut(plane);
-    for (i, pixel) in image.as_raw().chunks_exact(3).enumerate() {
-        red[i] = table[0][pixel[0] as usize];
-        green[i] = table[1][pixel[1] as usize];
-        blue[i] = table[2][pixel[2] as usize];
+    let mut out = Vec::with_capacity(3 * plane);
+    for (channel, table) in table.iter().enumerate() {
+        let values = image
+            .as_raw()
+            .chunks_exact(3)
+            .map(|pixel| table[pixel[channel] as usize]);
+        out.extend(values);
     }
     out
 }
