@@ -411,10 +411,11 @@ mod avx512 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn lcg(seed: u64, len: usize) -> Vec<f32> {
+    /// `len` pseudo-random values in [-1, 1) from `seed` (a 64-bit LCG).
+    pub(crate) fn lcg(seed: u64, len: usize) -> Vec<f32> {
         let mut s = seed;
         (0..len)
             .map(|_| {

@@ -302,9 +302,9 @@ impl Layer<'_> {
                 // SAFETY: the planes hold these tiles; this task alone uses them, and its
                 // tiles cover output pixels no other task writes.
                 unsafe {
-                    transform_input_dispatch(tiling, self, tiles.clone(), v);
+                    transform(Step::Input, tiling, self, tiles.clone(), v);
                     self.multiply(0..T * T, v, m);
-                    transform_output_dispatch(tiling, self, tiles, m);
+                    transform(Step::Output, tiling, self, tiles, m);
                 }
             });
         });
@@ -345,7 +345,7 @@ impl Layer<'_> {
             // then its own tiles' output pixels; the planes hold every tile.
             (0..parts)
                 .into_par_iter()
-                .for_each(|i| unsafe { transform_input_dispatch(tiling, self, part(i), v) });
+                .for_each(|i| unsafe { transform(Step::Input, tiling, self, part(i), v) });
             let points = T * T;
             (0..threads.min(points))
                 .into_par_iter()
@@ -356,7 +356,7 @@ impl Layer<'_> {
                 });
             (0..parts)
                 .into_par_iter()
-                .for_each(|i| unsafe { transform_output_dispatch(tiling, self, part(i), m) });
+                .for_each(|i| unsafe { transform(Step::Output, tiling, self, part(i), m) });
         }
         SCRATCH.with(|cell| *cell.borrow_mut() = (v_buffer, m_buffer));
     }
@@ -579,74 +579,61 @@ fn finish(y: &mut [f32; LANES], px: &mut [f32; LANES], act: Activation, accumula
     *px = *y;
 }
 
-/// [`transform_input`] at the CPU's best SIMD level.
-///
-/// # Safety
-/// As [`transform_input`].
-unsafe fn transform_input_dispatch<const M: usize, const T: usize>(
-    tiling: &Tiling<M, T>,
-    layer: &Layer,
-    tiles: Range<usize>,
-    v: Planes,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::kernels::simd_level() >= 2 {
-        #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-        unsafe fn v4<const M: usize, const T: usize>(
-            t: &Tiling<M, T>,
-            l: &Layer,
-            r: Range<usize>,
-            v: Planes,
-        ) {
-            transform_input::<true, M, T>(t, l, r, v)
-        }
-        return v4(tiling, layer, tiles, v);
-    }
-    transform_input::<false, M, T>(tiling, layer, tiles, v)
+/// Which transform [`transform`] runs.
+#[derive(Clone, Copy)]
+enum Step {
+    /// [`transform_input`], into the planes.
+    Input,
+    /// [`transform_output`], from the planes.
+    Output,
 }
 
-/// [`transform_output`] at the CPU's best SIMD level.
+/// `step` over `tiles` at the CPU's best SIMD level.
 ///
 /// # Safety
-/// As [`transform_output`].
-unsafe fn transform_output_dispatch<const M: usize, const T: usize>(
+/// As [`transform_input`] or [`transform_output`].
+unsafe fn transform<const M: usize, const T: usize>(
+    step: Step,
     tiling: &Tiling<M, T>,
     layer: &Layer,
     tiles: Range<usize>,
-    m: Planes,
+    planes: Planes,
 ) {
+    #[inline(always)]
+    unsafe fn run<const FMA: bool, const M: usize, const T: usize>(
+        step: Step,
+        tiling: &Tiling<M, T>,
+        layer: &Layer,
+        tiles: Range<usize>,
+        planes: Planes,
+    ) {
+        match step {
+            Step::Input => transform_input::<FMA, M, T>(tiling, layer, tiles, planes),
+            Step::Output => transform_output::<FMA, M, T>(tiling, layer, tiles, planes),
+        }
+    }
     #[cfg(target_arch = "x86_64")]
     if crate::kernels::simd_level() >= 2 {
         #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
         unsafe fn v4<const M: usize, const T: usize>(
-            t: &Tiling<M, T>,
-            l: &Layer,
-            r: Range<usize>,
-            m: Planes,
+            step: Step,
+            tiling: &Tiling<M, T>,
+            layer: &Layer,
+            tiles: Range<usize>,
+            planes: Planes,
         ) {
-            transform_output::<true, M, T>(t, l, r, m)
+            run::<true, M, T>(step, tiling, layer, tiles, planes)
         }
-        return v4(tiling, layer, tiles, m);
+        return v4(step, tiling, layer, tiles, planes);
     }
-    transform_output::<false, M, T>(tiling, layer, tiles, m)
+    run::<false, M, T>(step, tiling, layer, tiles, planes)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::kernels::dense_conv;
-
-    fn lcg(seed: u64, len: usize) -> Vec<f32> {
-        let mut s = seed;
-        (0..len)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / 16777216.0) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::matmul::tests::lcg;
 
     /// Every tile position (edges, ragged last tiles), with and without residual, both
     /// tilings (F(2×2) from 256 input channels), both schedules (few tiles: by point; many:
