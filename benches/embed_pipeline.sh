@@ -2,10 +2,11 @@
 # `wtb embed` over a folder of real photos (decoding, resizing and the model together) against
 # the model alone (benches/embed_speed.rs, MobileNetV2, fast engine, batch 32, timed just before
 # and just after each embed run), PASSES passes, in one run on one machine. Prints images/s of
-# both, their ratio per pass and the median ratio.
+# both, their ratio per pass and the median ratio; then `embed_speed --pipeline` (the library
+# call behind `wtb embed` against the model alone, TURNS short alternating turns in one process).
 #
 # Usage: benches/embed_pipeline.sh [PHOTO_DIR]   (default: $WTB_SHARED_DIR/data/s2s-dev/photos_resized)
-# Env:   WTB_SHARED_DIR (default ../shared beside the project), PASSES (3)
+# Env:   WTB_SHARED_DIR (default ../shared beside the project), PASSES (3), TURNS (9)
 # As root it re-runs itself in a new session at nice -15, so that other work on a shared
 # machine steals less of its CPU.
 set -euo pipefail
@@ -66,3 +67,5 @@ import statistics, sys
 r = [float(x) for x in open(sys.argv[1])]
 print(f"median over {len(r)} passes: wtb embed / model = {statistics.median(r):.2f}")
 PY
+# The same work in one process, in short alternating turns (less exposed to drift).
+"$bench" --pipeline "$photos" "${TURNS:-9}" | tail -1
