@@ -126,7 +126,7 @@ impl Window {
         }
     }
 
-    fn validate(&self, kernel: &'static str, input: Nhwc) -> Result<()> {
+    pub(crate) fn validate(&self, kernel: &'static str, input: Nhwc) -> Result<()> {
         let fits = |out: usize, pad: usize, size: usize| {
             // The last window must start inside the input (or its leading padding).
             out == 0 || (out - 1) * self.stride < size + pad

@@ -23,7 +23,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use crate::error::Result;
+use crate::error::{KernelError, Result};
 use crate::kernels::{check_len, fmadd, Activation, Nhwc, PackedWeights, SharedOut, Window};
 use crate::matmul::{gemm_block, Block};
 
@@ -192,6 +192,16 @@ pub(crate) fn conv(
 ) -> Result<()> {
     const K: &str = "winograd_conv";
     let cout = bias.len();
+    if win.k != 3 || win.stride != 1 {
+        return Err(KernelError::Window {
+            kernel: K,
+            reason: format!(
+                "Winograd runs 3x3 stride-1 windows, not {0}x{0} stride {1}",
+                win.k, win.stride
+            ),
+        });
+    }
+    win.validate(K, dims)?;
     check_len(K, "input", dims.len(), input.len())?;
     check_len(K, "weights", cout, weights.zero_bias.len())?;
     check_len(K, "weights", dims.c, weights.points[0].k())?;
@@ -684,7 +694,7 @@ mod tests {
     }
 
     #[test]
-    fn refuses_buffers_of_the_wrong_size() {
+    fn refuses_wrong_buffers_and_windows() {
         let dims = Nhwc {
             n: 1,
             h: 4,
@@ -706,6 +716,19 @@ mod tests {
             &mut out,
         );
         assert!(err.is_err());
+        let mut out = vec![0.0; 2 * 2 * 8];
+        let strided = Window::symmetric(4, 4, 3, 2, 1).unwrap();
+        let err = conv(
+            &x,
+            dims,
+            strided,
+            &tiles,
+            &[0.0; 8],
+            Activation::Relu,
+            false,
+            &mut out,
+        );
+        assert!(err.unwrap_err().to_string().contains("stride 2"));
         assert!(WinogradWeights::new(&[0.0; 10], 8, 8).is_err());
     }
 }
