@@ -9,7 +9,7 @@ use image::RgbImage;
 use rayon::prelude::*;
 
 use crate::models::{self, Backbone};
-use crate::preprocess::{input_size, preprocess_image};
+use crate::preprocess::{input_size, preprocess_image, preprocess_into};
 use crate::weights::{self, SyntheticWeights, SYNTHETIC_WEIGHTS_ID};
 use crate::{EmbedError, EmbedderConfig, EmbeddingMeta, Engine, ModelKind, Pooling};
 
@@ -196,12 +196,17 @@ impl Embedder {
         if images.is_empty() {
             return Ok(Vec::new());
         }
-        let prepared: Vec<Vec<f32>> = images
-            .par_iter()
+        let image_len = 3 * (self.input_size() as usize).pow(2);
+        let mut prepared = vec![0f32; images.len() * image_len];
+        prepared
+            .par_chunks_mut(image_len)
+            .zip(images)
             .enumerate()
-            .map(|(i, image)| self.preprocess(image, i))
-            .collect::<Result<_, _>>()?;
-        let input = self.batch_tensor(prepared.concat(), images.len())?;
+            .try_for_each(|(index, (slot, image))| {
+                preprocess_into(image, self.config.preprocess, self.config.model, slot)
+                    .map_err(|reason| EmbedError::BadImage { index, reason })
+            })?;
+        let input = self.batch_tensor(prepared, images.len())?;
         let embeddings = self.embed_tensor(&input)?;
         embeddings.to_vec2::<f32>().map_err(self.model_error())
     }
@@ -237,23 +242,29 @@ impl Embedder {
         let batch = batch.max(1);
         let total = ids.len();
         let (config, model) = (self.config.preprocess, self.config.model);
-        let prepare = |i: usize| -> Result<Vec<f32>, String> {
+        let image_len = 3 * (input_size(config, model) as usize).pow(2);
+        // Each image is prepared straight into its slot of the batch input.
+        let prepare = |i: usize, slot: &mut [f32]| -> Result<(), String> {
             let image = catch_unwind(AssertUnwindSafe(|| load(i)))
                 .unwrap_or_else(|_| Err("the decoder panicked".to_string()))?;
-            preprocess_image(&image, config, model)
+            preprocess_into(&image, config, model, slot)
         };
         // One batch in the channel and one being prepared while the model runs a third.
-        let (sender, receiver) =
-            crossbeam_channel::bounded::<Vec<(usize, Result<Vec<f32>, String>)>>(1);
+        let (sender, receiver) = crossbeam_channel::bounded::<PreparedBatch>(1);
         std::thread::scope(|scope| {
             scope.spawn(move || {
                 for start in (0..total).step_by(batch) {
                     let end = (start + batch).min(total);
-                    let prepared: Vec<_> = (start..end)
-                        .into_par_iter()
-                        .map(|i| (i, prepare(i)))
+                    let mut input = vec![0f32; (end - start) * image_len];
+                    let results: Vec<Result<(), String>> = input
+                        .par_chunks_mut(image_len)
+                        .zip(start..end)
+                        .map(|(slot, i)| prepare(i, slot))
                         .collect();
-                    if sender.send(prepared).is_err() {
+                    if sender
+                        .send(PreparedBatch::new(start, input, results, image_len))
+                        .is_err()
+                    {
                         break; // the model side stopped on an error
                     }
                 }
@@ -264,20 +275,12 @@ impl Embedder {
             };
             let mut done = 0;
             for prepared in receiver {
-                done += prepared.len();
-                let mut flat = Vec::new();
-                let mut embedded = Vec::new();
-                for (i, result) in prepared {
-                    match result {
-                        Ok(values) => {
-                            flat.extend_from_slice(&values);
-                            embedded.push(i);
-                        }
-                        Err(reason) => outcome.skipped.push((ids[i].clone(), reason)),
-                    }
+                done += prepared.embedded.len() + prepared.skipped.len();
+                for (i, reason) in prepared.skipped {
+                    outcome.skipped.push((ids[i].clone(), reason));
                 }
-                if !embedded.is_empty() {
-                    let input = self.batch_tensor(flat, embedded.len())?;
+                if !prepared.embedded.is_empty() {
+                    let input = self.batch_tensor(prepared.input, prepared.embedded.len())?;
                     let vectors = self
                         .embed_tensor(&input)?
                         .flatten_all()
@@ -286,12 +289,51 @@ impl Embedder {
                     outcome.vectors.extend_from_slice(&vectors);
                     outcome
                         .ids
-                        .extend(embedded.into_iter().map(|i| ids[i].clone()));
+                        .extend(prepared.embedded.into_iter().map(|i| ids[i].clone()));
                 }
                 progress(done, total);
             }
             Ok(outcome)
         })
+    }
+}
+
+/// One batch of the pipeline: the model input of the images that could be prepared, in order,
+/// and why the others could not.
+struct PreparedBatch {
+    input: Vec<f32>,
+    embedded: Vec<usize>,
+    skipped: Vec<(usize, String)>,
+}
+
+impl PreparedBatch {
+    /// Batch images `first..` prepared into consecutive `image_len` slots of `input`; the
+    /// slots of failed images are closed up.
+    fn new(
+        first: usize,
+        mut input: Vec<f32>,
+        results: Vec<Result<(), String>>,
+        image_len: usize,
+    ) -> Self {
+        let (mut embedded, mut skipped) = (Vec::new(), Vec::new());
+        for (slot, result) in results.into_iter().enumerate() {
+            match result {
+                Ok(()) => {
+                    let to = embedded.len() * image_len;
+                    if to != slot * image_len {
+                        input.copy_within(slot * image_len..(slot + 1) * image_len, to);
+                    }
+                    embedded.push(first + slot);
+                }
+                Err(reason) => skipped.push((first + slot, reason)),
+            }
+        }
+        input.truncate(embedded.len() * image_len);
+        PreparedBatch {
+            input,
+            embedded,
+            skipped,
+        }
     }
 }
 

@@ -42,6 +42,7 @@ mod error;
 mod jobs;
 mod models;
 mod preprocess;
+mod resample;
 mod store;
 mod weights;
 
