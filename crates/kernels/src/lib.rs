@@ -69,5 +69,5 @@ pub use error::{KernelError, Result};
 #[doc(hidden)]
 pub use plan::fuse_blocks;
 pub use plan::{fold_batch_norm, Plan};
-pub use profile::{Profile, Stage};
+pub use profile::{LayerTime, Profile, Stage};
 pub use reference::Reference;

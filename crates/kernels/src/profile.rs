@@ -58,6 +58,9 @@ impl Stage {
     }
 }
 
+/// How many layers the report lists.
+const SLOWEST_LAYERS: usize = 16;
+
 /// Accumulated time per [`Stage`] over `runs` forward passes.
 #[derive(Clone, Debug)]
 pub struct Profile {
@@ -72,7 +75,24 @@ pub struct Profile {
     /// True when a batch ran several images at once: stage times are then summed over
     /// the threads (CPU time), not wall time.
     pub images_in_parallel: bool,
+    /// Time per layer of the fast plan, in plan order (empty for the reference path).
+    pub layers: Vec<LayerTime>,
     enabled: bool,
+}
+
+/// The accumulated time of one layer (one step of a plan).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerTime {
+    /// The step's position in the plan.
+    pub step: usize,
+    /// What it is: kind, channels, kernel, stride and output size.
+    pub label: String,
+    /// Multiply-adds per call.
+    pub macs: u64,
+    /// Total time over all calls.
+    pub time: Duration,
+    /// Calls.
+    pub calls: usize,
 }
 
 impl Profile {
@@ -83,6 +103,7 @@ impl Profile {
             runs: 0,
             stages: Vec::new(),
             images_in_parallel: false,
+            layers: Vec::new(),
             enabled: true,
         }
     }
@@ -99,13 +120,48 @@ impl Profile {
         if !self.enabled {
             return;
         }
+        self.add_duration(stage, start.elapsed(), 1);
+    }
+
+    /// Adds the time since `start` to `stage` and to layer `step`, which `describe` names
+    /// (with its multiply-adds per call) the first time.
+    pub(crate) fn add_layer(
+        &mut self,
+        stage: Stage,
+        step: usize,
+        start: Instant,
+        describe: impl FnOnce() -> (String, u64),
+    ) {
+        if !self.enabled {
+            return;
+        }
         let d = start.elapsed();
+        self.add_duration(stage, d, 1);
+        match self.layers.iter_mut().find(|l| l.step == step) {
+            Some(layer) => {
+                layer.time += d;
+                layer.calls += 1;
+            }
+            None => {
+                let (label, macs) = describe();
+                self.layers.push(LayerTime {
+                    step,
+                    label,
+                    macs,
+                    time: d,
+                    calls: 1,
+                });
+            }
+        }
+    }
+
+    fn add_duration(&mut self, stage: Stage, d: Duration, calls: usize) {
         match self.stages.iter_mut().find(|(s, _, _)| *s == stage) {
             Some(entry) => {
                 entry.1 += d;
-                entry.2 += 1;
+                entry.2 += calls;
             }
-            None => self.stages.push((stage, d, 1)),
+            None => self.stages.push((stage, d, calls)),
         }
     }
 
@@ -113,6 +169,7 @@ impl Profile {
     pub(crate) fn child(&self) -> Self {
         Self {
             stages: Vec::new(),
+            layers: Vec::new(),
             runs: 0,
             images_in_parallel: false,
             ..self.clone()
@@ -126,14 +183,18 @@ impl Profile {
         }
         self.images_in_parallel = true;
         for &(stage, d, calls) in &other.stages {
-            match self.stages.iter_mut().find(|(s, _, _)| *s == stage) {
-                Some(entry) => {
-                    entry.1 += d;
-                    entry.2 += calls;
+            self.add_duration(stage, d, calls);
+        }
+        for layer in &other.layers {
+            match self.layers.iter_mut().find(|l| l.step == layer.step) {
+                Some(mine) => {
+                    mine.time += layer.time;
+                    mine.calls += layer.calls;
                 }
-                None => self.stages.push((stage, d, calls)),
+                None => self.layers.push(layer.clone()),
             }
         }
+        self.layers.sort_by_key(|l| l.step);
     }
 
     /// Total time of all stages divided by the number of runs.
@@ -178,6 +239,27 @@ impl fmt::Display for Profile {
                 100.0 * s / total.max(f64::MIN_POSITIVE),
                 calls as f64 / runs
             )?;
+        }
+        if !self.layers.is_empty() {
+            writeln!(
+                f,
+                "  slowest layers:\n  {:>4} {:<40} {:>8} {:>6} {:>8}",
+                "step", "layer", "ms/run", "share", "GFLOP/s"
+            )?;
+            let mut layers: Vec<&LayerTime> = self.layers.iter().collect();
+            layers.sort_by_key(|l| std::cmp::Reverse(l.time));
+            for layer in layers.iter().take(SLOWEST_LAYERS) {
+                let s = layer.time.as_secs_f64();
+                writeln!(
+                    f,
+                    "  {:>4} {:<40} {:>8.3} {:>5.1}% {:>8.1}",
+                    layer.step,
+                    layer.label,
+                    s * 1e3 / runs,
+                    100.0 * s / total.max(f64::MIN_POSITIVE),
+                    2.0 * layer.macs as f64 * layer.calls as f64 / s.max(f64::MIN_POSITIVE) / 1e9
+                )?;
+            }
         }
         Ok(())
     }

@@ -368,6 +368,15 @@ fn resnet50_fast_plan_matches_plain_candle_with_random_weights() {
         &plan.logits(&x).unwrap(),
         &reference.logits(&x).unwrap(),
     );
+    // The per-layer profile accounts for every multiply-add, on the one-image path (layers
+    // split across threads) and the batch path (an image per thread) alike.
+    let macs = plan.macs_per_image(131, 101).unwrap();
+    for images in [1, 2] {
+        let profile = plan.profile(&x.narrow(0, 0, images).unwrap(), 2).unwrap();
+        let counted: u64 = profile.layers.iter().map(|l| l.macs * l.calls as u64).sum();
+        assert_eq!(counted, macs * images as u64 * 2, "batch {images}");
+        assert!(profile.to_string().contains("slowest layers"));
+    }
 }
 
 #[test]
