@@ -198,14 +198,21 @@ impl Embedder {
         }
         let image_len = 3 * (self.input_size() as usize).pow(2);
         let mut prepared = vec![0f32; images.len() * image_len];
-        prepared
+        let results: Vec<Result<(), String>> = prepared
             .par_chunks_mut(image_len)
             .zip(images)
-            .enumerate()
-            .try_for_each(|(index, (slot, image))| {
+            .map(|(slot, image)| {
                 preprocess_into(image, self.config.preprocess, self.config.model, slot)
-                    .map_err(|reason| EmbedError::BadImage { index, reason })
-            })?;
+            })
+            .collect();
+        // The first bad image in input order, whichever thread met it first.
+        let first_bad = results
+            .into_iter()
+            .enumerate()
+            .find_map(|(index, result)| result.err().map(|reason| (index, reason)));
+        if let Some((index, reason)) = first_bad {
+            return Err(EmbedError::BadImage { index, reason });
+        }
         let input = self.batch_tensor(prepared, images.len())?;
         let embeddings = self.embed_tensor(&input)?;
         embeddings.to_vec2::<f32>().map_err(self.model_error())

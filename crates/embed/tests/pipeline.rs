@@ -109,3 +109,24 @@ fn jobs_read_files_and_crop() {
     }
     assert_ne!(outcome.vectors[..1280], outcome.vectors[1280..]);
 }
+
+/// A batch with bad images fails on the first of them in input order, by index.
+#[test]
+fn a_batch_names_its_first_bad_image() {
+    let embedder = embedder();
+    let images = [
+        picture(1),
+        RgbImage::new(0, 4),
+        picture(2),
+        RgbImage::new(3, 0),
+    ];
+    for _ in 0..5 {
+        match embedder.embed_images(&images) {
+            Err(wtb_embed::EmbedError::BadImage { index, reason }) => {
+                assert_eq!(index, 1);
+                assert!(reason.contains("empty image"), "{reason}");
+            }
+            other => panic!("expected BadImage, got {other:?}"),
+        }
+    }
+}
