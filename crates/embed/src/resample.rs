@@ -283,54 +283,50 @@ mod sse2 {
         // SAFETY: every row read and written lies between the two indices checked above;
         // the loads and stores are unaligned ones.
         unsafe {
-            let r: [__m128i; 16] = std::array::from_fn(|i| {
+            let rows: [__m128i; 16] = std::array::from_fn(|i| {
                 _mm_loadu_si128(from.as_ptr().add(from_at + i * from_stride) as *const __m128i)
             });
-            let a: [__m128i; 16] = std::array::from_fn(|i| {
-                let (p, q) = (r[i & !1], r[i | 1]);
-                if i % 2 == 0 {
-                    _mm_unpacklo_epi8(p, q)
-                } else {
-                    _mm_unpackhi_epi8(p, q)
-                }
+            // After the round of group 2^j, register i holds 2^j rows' worth of
+            // interleaved elements; after the last, column i.
+            let pairs = unpack_round(rows, 2, |p, q| {
+                (_mm_unpacklo_epi8(p, q), _mm_unpackhi_epi8(p, q))
             });
-            // b[4g + m]: columns 4m..4m+4 of rows 4g..4g+4.
-            let b: [__m128i; 16] = std::array::from_fn(|i| {
-                let (g, m) = (i / 4, i % 4);
-                let (p, q) = (a[4 * g + m / 2], a[4 * g + 2 + m / 2]);
-                if m % 2 == 0 {
-                    _mm_unpacklo_epi16(p, q)
-                } else {
-                    _mm_unpackhi_epi16(p, q)
-                }
+            let quads = unpack_round(pairs, 4, |p, q| {
+                (_mm_unpacklo_epi16(p, q), _mm_unpackhi_epi16(p, q))
             });
-            // c[8h + m]: columns 2m, 2m+1 of rows 8h..8h+8.
-            let c: [__m128i; 16] = std::array::from_fn(|i| {
-                let (h, m) = (i / 8, i % 8);
-                let (p, q) = (b[8 * h + m / 2], b[8 * h + 4 + m / 2]);
-                if m % 2 == 0 {
-                    _mm_unpacklo_epi32(p, q)
-                } else {
-                    _mm_unpackhi_epi32(p, q)
-                }
+            let octets = unpack_round(quads, 8, |p, q| {
+                (_mm_unpacklo_epi32(p, q), _mm_unpackhi_epi32(p, q))
             });
-            for (i, column) in (0..16)
-                .map(|i| {
-                    let (p, q) = (c[i / 2], c[8 + i / 2]);
-                    if i % 2 == 0 {
-                        _mm_unpacklo_epi64(p, q)
-                    } else {
-                        _mm_unpackhi_epi64(p, q)
-                    }
-                })
-                .enumerate()
-            {
+            let columns = unpack_round(octets, 16, |p, q| {
+                (_mm_unpacklo_epi64(p, q), _mm_unpackhi_epi64(p, q))
+            });
+            for (i, column) in columns.into_iter().enumerate() {
                 _mm_storeu_si128(
                     to.as_mut_ptr().add(to_at + i * to_stride) as *mut __m128i,
                     column,
                 );
             }
         }
+    }
+
+    /// One round of the transpose: within each group of `group` registers, output `m`
+    /// interleaves inputs `m / 2` and `group / 2 + m / 2` of the group, their low halves for
+    /// even `m`, their high halves for odd.
+    #[inline(always)]
+    fn unpack_round(
+        input: [__m128i; 16],
+        group: usize,
+        unpack: impl Fn(__m128i, __m128i) -> (__m128i, __m128i),
+    ) -> [__m128i; 16] {
+        std::array::from_fn(|i| {
+            let (first, m) = (i - i % group, i % group);
+            let (low, high) = unpack(input[first + m / 2], input[first + group / 2 + m / 2]);
+            if m % 2 == 0 {
+                low
+            } else {
+                high
+            }
+        })
     }
 }
 
