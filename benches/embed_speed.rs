@@ -238,6 +238,8 @@ fn pipeline(options: &Options, dir: &std::path::Path, turns: usize) -> anyhow::R
             id: path.display().to_string(),
             path: path.clone(),
             crop: None,
+            flip: false,
+            trim: false,
         })
         .collect();
     const PER_TURN: usize = 320;

@@ -45,6 +45,8 @@ impl ModelArgs {
             l2_normalize: false,
             device: self.device,
             engine: self.engine,
+            head: None,
+            ensemble: Vec::new(),
         }
     }
 }
@@ -62,6 +64,9 @@ pub struct EmbedArgs {
     /// comment); ids are the paths as written.
     #[arg(long)]
     list: Option<PathBuf>,
+    /// A learned head (from `wtb train`) applied to every vector.
+    #[arg(long, value_name = "FILE")]
+    head: Option<PathBuf>,
     /// The embeddings file to write (safetensors).
     #[arg(long)]
     out: PathBuf,
@@ -106,6 +111,7 @@ pub fn run_embed(args: EmbedArgs) -> anyhow::Result<ExitCode> {
     let mut config = args.model.config();
     config.pooling = args.pooling;
     config.l2_normalize = args.l2;
+    config.head = args.head.clone();
     let embedder = Embedder::load(&config).with_context(|| format!("loading {}", config.model))?;
     let bar = progress::bar(jobs.len() as u64, "embedding");
     let outcome = embedder
@@ -190,6 +196,8 @@ fn jobs_from_dir(root: &Path) -> anyhow::Result<Vec<ImageJob>> {
                 .into_owned(),
             path,
             crop: None,
+            flip: false,
+            trim: false,
         })
         .collect())
 }
@@ -206,6 +214,8 @@ fn jobs_from_list(list: &Path) -> anyhow::Result<Vec<ImageJob>> {
             id: line.to_string(),
             path: base.join(line),
             crop: None,
+            flip: false,
+            trim: false,
         })
         .collect())
 }

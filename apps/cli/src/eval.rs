@@ -12,7 +12,8 @@ use wtb_embed::{DeviceChoice, ModelKind, Pooling, Preprocess};
 use wtb_eval::metrics::BootstrapConfig;
 use wtb_eval::protocol::{self, ORIGINAL_SEED};
 use wtb_eval::report::{write_report, Manifest};
-use wtb_eval::runner::{self, ModelSpec, RunConfig, DEFAULT_KS};
+use wtb_eval::runner::{self, ModelSpec, RunConfig, Steps, DEFAULT_KS};
+use wtb_search::rerank::Expansion;
 use wtb_search::Metric;
 
 use crate::progress;
@@ -71,7 +72,8 @@ pub struct EvalArgs {
     /// Exclusion file written by dataset cleaning (`wtb-exclusions` JSON): its photos leave the gallery; full protocol.
     #[arg(long, value_name = "FILE")]
     exclude: Option<PathBuf>,
-    /// Models, comma-separated: mobilenet_v2, efficientnet_lite0, resnet50, vgg16.
+    /// Models, comma-separated: mobilenet_v2, efficientnet_lite0, resnet50, vgg16, or an
+    /// ensemble of models sharing an input size joined by + (mobilenet_v2+efficientnet_lite0).
     #[arg(long, value_delimiter = ',', default_value = "mobilenet_v2")]
     models: Vec<String>,
     /// Weights file of a model, as MODEL=FILE (repeatable); overrides --weights-dir.
@@ -124,6 +126,26 @@ pub struct EvalArgs {
     /// Number of failure examples in failures.html.
     #[arg(long, default_value_t = 12)]
     failures: usize,
+    /// A learned head (from `wtb train`) for the retrieval steps that use it; the manifest
+    /// records it.
+    #[arg(long, value_name = "FILE")]
+    head: Option<PathBuf>,
+    /// Retrieval step combinations to evaluate, comma-separated, each `none` or steps joined
+    /// by `+`: head (the learned head), flip (average with the mirror image), dba
+    /// (database-side augmentation), qe (query expansion), trim (shop photos cropped to their
+    /// garment). Default: with --head, what `wtb search` does with it (head+qe, and trim when
+    /// the head was trained so), else none.
+    #[arg(long, value_delimiter = ',', value_name = "STEPS")]
+    steps: Vec<String>,
+    /// Evaluate every step alone and the combination (one row each): the ablation table.
+    #[arg(long, conflicts_with = "steps")]
+    ablation: bool,
+    /// Neighbours added by query expansion and database-side augmentation.
+    #[arg(long, default_value_t = 2)]
+    expansion_k: usize,
+    /// Exponent of the cosine weights of query expansion and database-side augmentation.
+    #[arg(long, default_value_t = 3.0)]
+    expansion_alpha: f32,
     /// Report folder (created; existing report files are replaced).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
@@ -180,20 +202,28 @@ fn model_specs(args: &EvalArgs) -> anyhow::Result<Vec<ModelSpec>> {
             .with_context(|| format!("--weights {entry:?}"))?;
         explicit.push((kind, PathBuf::from(file.trim())));
     }
-    let mut specs = Vec::new();
-    for name in &args.models {
-        let kind: ModelKind = name
-            .trim()
-            .parse()
-            .with_context(|| format!("--models {name:?}"))?;
-        let weights = match explicit.iter().find(|(k, _)| *k == kind) {
+    let weights_of = |kind: ModelKind| -> anyhow::Result<Option<PathBuf>> {
+        Ok(match explicit.iter().find(|(k, _)| *k == kind) {
             Some((_, file)) => Some(file.clone()),
             None => match &args.weights_dir {
                 Some(dir) => weights_in(dir, kind)?,
                 None => None,
             },
-        };
-        specs.push(ModelSpec { kind, weights });
+        })
+    };
+    let mut specs = Vec::new();
+    for name in &args.models {
+        let (kind, others) =
+            wtb_embed::parse_models(name).with_context(|| format!("--models {name:?}"))?;
+        let ensemble = others
+            .into_iter()
+            .map(|k| Ok((k, weights_of(k)?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        specs.push(ModelSpec {
+            kind,
+            weights: weights_of(kind)?,
+            ensemble,
+        });
     }
     Ok(specs)
 }
@@ -296,7 +326,33 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
 
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
+    let steps: Vec<Steps> = if args.ablation {
+        Steps::ablation(args.head.is_some())
+    } else if args.steps.is_empty() {
+        match &args.head {
+            // The default of `wtb search` and the shop with this head.
+            Some(path) => {
+                let head = wtb_embed::Head::load(path)?;
+                vec![Steps {
+                    trim: head.meta().shop_trim,
+                    ..Steps::DEFAULT_WITH_HEAD
+                }]
+            }
+            None => vec![Steps::default()],
+        }
+    } else {
+        parse_list(&args.steps, "--steps")?
+    };
+    if let Some(head) = &args.head {
+        data.push(("head".to_string(), head.display().to_string()));
+    }
     let config = RunConfig {
+        head: args.head.clone(),
+        steps,
+        expansion: Expansion {
+            k: args.expansion_k,
+            alpha: args.expansion_alpha,
+        },
         models,
         preprocess,
         pooling,
@@ -352,6 +408,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
             ),
         ],
         weights: output.weights.clone(),
+        heads: output.heads.clone(),
         hardware: hardware(),
         timings,
     };

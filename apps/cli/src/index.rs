@@ -5,9 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand};
-use wtb_embed::{
-    DeviceChoice, Embedder, EmbedderConfig, EmbeddingMeta, ModelKind, Pooling, Preprocess,
-};
+use wtb_embed::{DeviceChoice, Embedder, EmbedderConfig, EmbeddingMeta, Pooling, Preprocess};
 use wtb_pipeline::{add_to_index, build_index, BuildOptions, BuildReport, Progress};
 use wtb_search::{Index, Precision, VectorSearch};
 
@@ -52,21 +50,26 @@ pub struct GalleryArgs {
 pub struct BuildArgs {
     #[command(flatten)]
     gallery: GalleryArgs,
-    /// The model: mobilenet_v2, efficientnet_lite0, resnet50 or vgg16.
+    /// The model: mobilenet_v2, efficientnet_lite0, resnet50, vgg16, or an ensemble of models
+    /// sharing an input size joined by + (mobilenet_v2+efficientnet_lite0).
     #[arg(long)]
-    model: ModelKind,
-    /// The weights file; by default searched in $WTB_MODELS_DIR and models/.
-    #[arg(long)]
-    weights: Option<PathBuf>,
+    model: String,
+    /// The weights file (repeat it for each model of an ensemble, in order); by default
+    /// searched in $WTB_MODELS_DIR and models/.
+    #[arg(long, value_name = "FILE")]
+    weights: Vec<PathBuf>,
     /// Where the model runs: cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
     device: DeviceChoice,
-    /// Preprocessing: torchvision, squash or pad.
-    #[arg(long, default_value = "torchvision")]
+    /// Preprocessing: squash (the best on the dev sets), torchvision or pad.
+    #[arg(long, default_value = "squash")]
     preprocess: Preprocess,
     /// Pooling: avg, max, gem or gem:P.
     #[arg(long, default_value = "avg")]
     pooling: Pooling,
+    /// A learned head (from `wtb train`) applied to every vector; the index records it.
+    #[arg(long, value_name = "FILE")]
+    head: Option<PathBuf>,
     /// The index file to write.
     #[arg(long)]
     out: PathBuf,
@@ -88,9 +91,12 @@ pub struct AddArgs {
     /// The index to update (rewritten atomically).
     #[arg(long)]
     index: PathBuf,
-    /// The weights file (must be the one the index was built with).
-    #[arg(long)]
-    weights: Option<PathBuf>,
+    /// The weights file(s) the index was built with, in model order.
+    #[arg(long, value_name = "FILE")]
+    weights: Vec<PathBuf>,
+    /// The learned head the index was built with (`wtb index build --head`).
+    #[arg(long, value_name = "FILE")]
+    head: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -189,16 +195,14 @@ fn save(index: &Index, path: &Path) -> anyhow::Result<()> {
 /// The embedder that produced an index's vectors, checked against the index's metadata.
 pub(crate) fn embedder_for(
     index: &Index,
-    weights: Option<PathBuf>,
+    weights: &[PathBuf],
+    head: Option<PathBuf>,
     device: DeviceChoice,
 ) -> anyhow::Result<Embedder> {
     let meta = EmbeddingMeta::from_map(index.meta()).map_err(|e| anyhow!("index metadata: {e}"))?;
+    let models = EmbedderConfig::for_models(&meta.model, weights)
+        .map_err(|e| anyhow!("index metadata: {e}"))?;
     let config = EmbedderConfig {
-        model: meta
-            .model
-            .parse()
-            .map_err(|e| anyhow!("index metadata: {e}"))?,
-        weights,
         preprocess: meta
             .preprocess
             .parse()
@@ -210,7 +214,19 @@ pub(crate) fn embedder_for(
         l2_normalize: meta.l2_normalized,
         device,
         engine: wtb_embed::Engine::default(),
+        head: head.clone(),
+        ..models
     };
+    match (&meta.head, &head) {
+        (Some(id), None) => {
+            bail!("the index was built with the learned head {id}: pass that head file with --head")
+        }
+        (None, Some(file)) => bail!(
+            "the index was built without a learned head, but --head {} was given",
+            file.display()
+        ),
+        _ => {}
+    }
     let embedder = Embedder::load(&config).with_context(|| format!("loading {}", config.model))?;
     let differences = meta.differences(embedder.meta());
     if !differences.is_empty() {
@@ -268,13 +284,11 @@ fn print_report(report: &BuildReport, index: &Path) {
 
 fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     let config = EmbedderConfig {
-        model: args.model,
-        weights: args.weights.clone(),
         preprocess: args.preprocess,
         pooling: args.pooling,
-        l2_normalize: false,
         device: args.device,
-        engine: wtb_embed::Engine::default(),
+        head: args.head.clone(),
+        ..EmbedderConfig::for_models(&args.model, &args.weights)?
     };
     let embedder = Embedder::load(&config).with_context(|| format!("loading {}", config.model))?;
     let options = BuildOptions {
@@ -304,7 +318,7 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
 
 fn add(args: AddArgs) -> anyhow::Result<ExitCode> {
     let index = load(&args.index)?;
-    let embedder = embedder_for(&index, args.weights.clone(), DeviceChoice::Cpu)?;
+    let embedder = embedder_for(&index, &args.weights, args.head.clone(), DeviceChoice::Cpu)?;
     drop(index);
     let options = args.gallery.options(&args.index);
     let report = with_bar("adding", |progress| {

@@ -11,6 +11,7 @@ mod index;
 mod models;
 mod progress;
 mod search;
+mod train;
 
 #[derive(Parser)]
 #[command(
@@ -42,6 +43,8 @@ enum Command {
     Index(index::IndexCommand),
     /// Find the products of an index that look most like a photo.
     Search(Box<search::SearchArgs>),
+    // No doc comment: it would replace the long help written on `TrainArgs`.
+    Train(Box<train::TrainArgs>),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         Command::Classify(args) => embed::run_classify(*args),
         Command::Index(command) => index::run(command),
         Command::Search(args) => search::run(*args),
+        Command::Train(args) => train::run(*args),
     };
     match outcome {
         Ok(code) => code,

@@ -7,6 +7,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use wtb_dataset::{crop, load_rgb, BBox, DecodeLimits};
 use wtb_embed::DeviceChoice;
+use wtb_search::rerank::{expand_in_index, Expansion, DEFAULT_EXPANSION};
 use wtb_search::{Filter, Metric, SearchMode, SearchRequest, VectorSearch};
 
 use crate::index::{embedder_for, load};
@@ -33,9 +34,16 @@ pub struct SearchArgs {
     /// exact, approximate or auto (approximate for big indexes that have an HNSW graph).
     #[arg(long, default_value = "auto")]
     mode: String,
-    /// The weights file (must be the one the index was built with).
-    #[arg(long)]
-    weights: Option<PathBuf>,
+    /// The weights file(s) the index was built with, in model order.
+    #[arg(long, value_name = "FILE")]
+    weights: Vec<PathBuf>,
+    /// Query expansion: add the N nearest shop photos to the query before the search (cosine
+    /// only). Default: 2 with a learned head, else 0 (off).
+    #[arg(long, value_name = "N")]
+    expansion_k: Option<usize>,
+    /// The learned head the index was built with (`wtb index build --head`).
+    #[arg(long, value_name = "FILE")]
+    head: Option<PathBuf>,
     /// Where the model runs: cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
     device: DeviceChoice,
@@ -67,7 +75,7 @@ pub fn run(args: SearchArgs) -> anyhow::Result<ExitCode> {
         other => bail!("--mode {other:?}: expected auto, exact or approximate"),
     };
     let index = load(&args.index)?;
-    let embedder = embedder_for(&index, args.weights.clone(), args.device)?;
+    let embedder = embedder_for(&index, &args.weights, args.head.clone(), args.device)?;
     let mut image = load_rgb(&args.image, &DecodeLimits::default())
         .with_context(|| format!("reading {}", args.image.display()))?;
     if let Some(text) = &args.bbox {
@@ -77,17 +85,32 @@ pub fn run(args: SearchArgs) -> anyhow::Result<ExitCode> {
     let vectors = embedder
         .embed_images(&[image])
         .context("embedding the query")?;
-    let query = vectors.first().context("the model returned no vector")?;
+    let mut query = vectors
+        .into_iter()
+        .next()
+        .context("the model returned no vector")?;
+    let filter = Filter {
+        categories: args.category.iter().cloned().collect(),
+        ..Filter::default()
+    };
+    let expansion = match args.expansion_k {
+        Some(0) => None,
+        Some(k) => Some(Expansion {
+            k,
+            ..DEFAULT_EXPANSION
+        }),
+        None => embedder.head().map(|_| DEFAULT_EXPANSION),
+    };
+    if let (Some(expansion), Metric::Cosine) = (expansion, args.metric) {
+        query = expand_in_index(&index, &query, expansion, &filter).context("query expansion")?;
+    }
     let request = SearchRequest {
         k: args.k,
         metric: args.metric,
-        filter: Filter {
-            categories: args.category.iter().cloned().collect(),
-            ..Filter::default()
-        },
+        filter,
         mode,
     };
-    let hits = index.search(query, &request).context("searching")?;
+    let hits = index.search(&query, &request).context("searching")?;
     if args.json {
         println!(
             "{}",

@@ -33,8 +33,12 @@ fn check_report(out: &Path, expected_rows_min: usize) -> serde_json::Value {
     assert!(rows.len() >= expected_rows_min, "{} rows", rows.len());
     for row in &rows {
         assert_eq!(row.len(), header.len(), "{row:?}");
-        let value: f64 = row[7].parse().unwrap();
-        let (low, high): (f64, f64) = (row[8].parse().unwrap(), row[9].parse().unwrap());
+        let column = |name: &str| header.iter().position(|h| *h == name).unwrap();
+        let value: f64 = row[column("value")].parse().unwrap();
+        let (low, high): (f64, f64) = (
+            row[column("ci_low")].parse().unwrap(),
+            row[column("ci_high")].parse().unwrap(),
+        );
         assert!(
             (0.0..=1.0).contains(&value) && low <= value + 1e-9 && value <= high + 1e-9,
             "{row:?}"

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
-use wtb_embed::{DeviceChoice, EmbedderConfig, ModelKind, Pooling, Preprocess};
+use wtb_embed::{DeviceChoice, EmbedderConfig, Pooling, Preprocess};
 use wtb_store::{load_backend, start, CatalogueConfig, Limits, Readiness, StoreOptions};
 
 /// The wheretobuy web shop: upload a street photo, get the products that look like it.
@@ -32,18 +32,24 @@ struct Args {
     /// Where the model runs: cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
     device: String,
-    /// The model: mobilenet_v2, efficientnet_lite0, resnet50 or vgg16.
+    /// The model: mobilenet_v2, efficientnet_lite0, resnet50, vgg16, or an ensemble joined by
+    /// + (mobilenet_v2+efficientnet_lite0).
     #[arg(long, default_value = "mobilenet_v2")]
     model: String,
-    /// The weights file; default: `<model>.safetensors` in $WTB_MODELS_DIR or `models/`.
-    #[arg(long)]
-    weights: Option<PathBuf>,
-    /// Preprocessing: torchvision, squash or pad.
-    #[arg(long, default_value = "torchvision")]
+    /// The weights file (repeat it for each model of an ensemble, in order); default:
+    /// `<model>.safetensors` in $WTB_MODELS_DIR or `models/`.
+    #[arg(long, value_name = "FILE")]
+    weights: Vec<PathBuf>,
+    /// Preprocessing: squash (the best on the dev sets), torchvision or pad.
+    #[arg(long, default_value = "squash")]
     preprocess: String,
     /// Pooling: avg, max, gem or gem:P.
     #[arg(long, default_value = "avg")]
     pooling: String,
+    /// A learned head (from `wtb train`) applied to every vector; the index records it and
+    /// an index built with another head is refused.
+    #[arg(long, value_name = "FILE")]
+    head: Option<PathBuf>,
     /// Only these categories when building the index (comma separated; default: all).
     #[arg(long, value_delimiter = ',')]
     categories: Vec<String>,
@@ -79,15 +85,12 @@ fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
 
-    let model: ModelKind = args.model.parse()?;
     let embedder = EmbedderConfig {
-        model,
-        weights: args.weights.clone(),
         preprocess: args.preprocess.parse::<Preprocess>()?,
         pooling: args.pooling.parse::<Pooling>()?,
-        l2_normalize: false,
         device: args.device.parse::<DeviceChoice>()?,
-        engine: wtb_embed::Engine::default(),
+        head: args.head.clone(),
+        ..EmbedderConfig::for_models(&args.model, &args.weights)?
     };
     let products = args.products.clone().or_else(|| {
         let beside_labels = args.labels.join("..").join("products.csv");

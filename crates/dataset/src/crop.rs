@@ -146,9 +146,68 @@ pub fn crop(image: &RgbImage, bbox: &BBox, margin: f64) -> Result<RgbImage, Crop
     Ok(image::imageops::crop_imm(image, rect.x0, rect.y0, rect.width(), rect.height()).to_image())
 }
 
+/// The box of a shop photo's garment: the pixels darker than `light_level` in their darkest
+/// channel (a plain white or light grey background is lighter), ignoring rows and columns
+/// with fewer than 1% of such pixels (JPEG noise). `None` when the photo has no plain light
+/// background to trim: the box would cover nearly all of it, or almost nothing.
+///
+/// A street crop is tight around the garment while a catalog photo leaves white space around
+/// it; cropping shop photos to this box makes the two frame the garment alike.
+pub fn foreground_box(image: &RgbImage, light_level: u8) -> Option<BBox> {
+    let (width, height) = image.dimensions();
+    if width < 8 || height < 8 {
+        return None;
+    }
+    let mut rows = vec![0u32; height as usize];
+    let mut columns = vec![0u32; width as usize];
+    for (x, y, pixel) in image.enumerate_pixels() {
+        if pixel.0.iter().min().is_some_and(|&v| v < light_level) {
+            rows[y as usize] += 1;
+            columns[x as usize] += 1;
+        }
+    }
+    let span = |counts: &[u32], other_side: u32| -> Option<(usize, usize)> {
+        let needed = (other_side / 100).max(2);
+        let first = counts.iter().position(|&c| c >= needed)?;
+        let last = counts.iter().rposition(|&c| c >= needed)?;
+        Some((first, last + 1))
+    };
+    let (top, bottom) = span(&rows, width)?;
+    let (left, right) = span(&columns, height)?;
+    let area = ((right - left) * (bottom - top)) as f64;
+    let whole = f64::from(width) * f64::from(height);
+    if area > 0.95 * whole || area < 0.02 * whole {
+        return None;
+    }
+    Some(BBox::new(
+        left as f64,
+        top as f64,
+        (right - left) as f64,
+        (bottom - top) as f64,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn foreground_of_a_garment_on_white() {
+        let mut image = RgbImage::from_pixel(100, 80, image::Rgb([250, 250, 250]));
+        for y in 20..60 {
+            for x in 30..50 {
+                image.put_pixel(x, y, image::Rgb([200, 30, 30]));
+            }
+        }
+        // A speck of JPEG noise is not foreground.
+        image.put_pixel(2, 2, image::Rgb([100, 100, 100]));
+        let b = foreground_box(&image, 235).unwrap();
+        assert_eq!((b.left, b.top, b.width, b.height), (30.0, 20.0, 20.0, 40.0));
+        // A photo without a light background, or a blank one, is left alone.
+        assert!(foreground_box(&gradient(100, 80), 235).is_none());
+        let blank = RgbImage::from_pixel(100, 80, image::Rgb([255, 255, 255]));
+        assert!(foreground_box(&blank, 235).is_none());
+    }
 
     fn gradient(w: u32, h: u32) -> RgbImage {
         RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8, y as u8, 0]))

@@ -92,7 +92,7 @@ pub use clean::{
     ExclusionReason, Exclusions, ExclusionsError, PhotoScan, PlaceholderGroup, EXCLUSIONS_FORMAT,
     EXCLUSIONS_VERSION,
 };
-pub use crop::{crop, BBox, CropError, PixelRect};
+pub use crop::{crop, foreground_box, BBox, CropError, PixelRect};
 pub use ids::{Category, InvalidCategory, PhotoId, ProductId, ProductKey, STREET2SHOP_CATEGORIES};
 pub use labels::{
     parse_label_file_name, read_pairs_file, read_retrieval_file, CategoryLabels, FileNameError,

@@ -326,9 +326,59 @@ pub struct EmbedderConfig {
     pub device: DeviceChoice,
     /// Which implementation runs it on the CPU.
     pub engine: Engine,
+    /// A learned head file (made by `wtb train`) applied after pooling; it must have been
+    /// trained on this model, weights, preprocessing and pooling.
+    pub head: Option<PathBuf>,
+    /// Further models (with their weights files, `None`: searched for) run on the same input,
+    /// their pooled features appended to the main model's: an ensemble. Each model's part is
+    /// scaled to unit length so that every model weighs the same. The models must share the
+    /// input size of the preprocessing.
+    pub ensemble: Vec<(ModelKind, Option<PathBuf>)>,
+}
+
+/// Parses `model` or an ensemble `model+model+…` into the main model and the others.
+pub fn parse_models(text: &str) -> Result<(ModelKind, Vec<ModelKind>), EmbedError> {
+    let mut kinds = text
+        .split('+')
+        .map(|name| name.trim().parse::<ModelKind>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let main = kinds.remove(0);
+    Ok((main, kinds))
+}
+
+/// The name of a model or ensemble (`mobilenet_v2+efficientnet_lite0`), as in embedding
+/// metadata.
+pub fn models_name(main: ModelKind, ensemble: &[ModelKind]) -> String {
+    std::iter::once(main)
+        .chain(ensemble.iter().copied())
+        .map(ModelKind::name)
+        .collect::<Vec<_>>()
+        .join("+")
 }
 
 impl EmbedderConfig {
+    /// The defaults for a model or an ensemble named as `model+model+…` (see
+    /// [`parse_models`]), with weights files given in the same order (missing ones are
+    /// searched for). More weights files than models is an error.
+    pub fn for_models(models: &str, weights: &[PathBuf]) -> Result<Self, EmbedError> {
+        let (main, others) = parse_models(models)?;
+        if weights.len() > 1 + others.len() {
+            return Err(EmbedError::InvalidArgument(format!(
+                "{} weights files for the {} model(s) of {models:?}",
+                weights.len(),
+                1 + others.len()
+            )));
+        }
+        let mut config = EmbedderConfig::new(main);
+        config.weights = weights.first().cloned();
+        config.ensemble = others
+            .into_iter()
+            .enumerate()
+            .map(|(i, kind)| (kind, weights.get(i + 1).cloned()))
+            .collect();
+        Ok(config)
+    }
+
     /// The defaults for a model: weights searched for, `torchvision` preprocessing, average
     /// pooling, no normalisation, CPU, fast kernels.
     pub fn new(model: ModelKind) -> Self {
@@ -340,6 +390,8 @@ impl EmbedderConfig {
             l2_normalize: false,
             device: DeviceChoice::Cpu,
             engine: Engine::Fast,
+            head: None,
+            ensemble: Vec::new(),
         }
     }
 }

@@ -11,7 +11,46 @@ use rayon::prelude::*;
 use crate::models::{self, Backbone};
 use crate::preprocess::{input_size, preprocess_image, preprocess_into};
 use crate::weights::{self, SyntheticWeights, SYNTHETIC_WEIGHTS_ID};
-use crate::{EmbedError, EmbedderConfig, EmbeddingMeta, Engine, ModelKind, Pooling};
+use crate::{EmbedError, EmbedderConfig, EmbeddingMeta, Engine, Head, ModelKind, Pooling};
+
+/// Rows of `t` scaled to unit L2 norm.
+fn unit_rows(t: &Tensor) -> candle_core::Result<Tensor> {
+    let norm = t.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12f32, f32::MAX)?;
+    t.broadcast_div(&norm)
+}
+
+/// The network of `kind`: the fused CPU plan when `engine` asks for it and it exists, else
+/// stock candle ops.
+fn build_backbone(
+    kind: ModelKind,
+    engine: Engine,
+    device: &Device,
+    vb: VarBuilder,
+) -> Result<Box<dyn Backbone>, EmbedError> {
+    let name = kind.name();
+    let fast = match engine {
+        Engine::Fast if device.is_cpu() => models::fast::FastBackbone::new(kind, vb.clone()),
+        _ => None,
+    };
+    Ok(match fast {
+        Some(fast) => Box::new(fast.map_err(EmbedError::model(name))?),
+        None => match kind {
+            ModelKind::MobileNetV2 => Box::new(
+                models::mobilenet_v2::MobileNetV2::new(vb).map_err(EmbedError::model(name))?,
+            ),
+            ModelKind::EfficientNetLite0 => Box::new(
+                models::efficientnet_lite0::EfficientNetLite0::new(vb)
+                    .map_err(EmbedError::model(name))?,
+            ),
+            ModelKind::ResNet50 => {
+                Box::new(models::resnet::ResNet50::new(vb).map_err(EmbedError::model(name))?)
+            }
+            ModelKind::Vgg16 => {
+                Box::new(models::vgg::Vgg16::new(vb).map_err(EmbedError::model(name))?)
+            }
+        },
+    })
+}
 
 /// A loaded model with its preprocessing, pooling and normalisation.
 pub struct Embedder {
@@ -19,6 +58,9 @@ pub struct Embedder {
     meta: EmbeddingMeta,
     device: Device,
     backbone: Box<dyn Backbone>,
+    /// The other models of an ensemble.
+    ensemble: Vec<Box<dyn Backbone>>,
+    head: Option<Head>,
 }
 
 /// What a pipeline run produced.
@@ -40,14 +82,26 @@ impl Embedder {
     /// `.pth`, torchvision/timm/lukemelas layout) and opens the device. A missing or misshapen
     /// tensor is an error naming it.
     pub fn load(config: &EmbedderConfig) -> Result<Self, EmbedError> {
-        let path = weights::resolve_weights(config.model, config.weights.as_deref())?;
-        let sha256 = weights::sha256_file(&path)?;
         let device = config.device.open()?;
-        let vb = weights::open_var_builder(config.model, &path, &device)?;
-        Self::build(config, vb, sha256, device).map_err(|e| match e {
-            EmbedError::Model { source, .. } => EmbedError::Weights { path, source },
-            other => other,
-        })
+        let mut backbones = Vec::new();
+        let mut checksums = Vec::new();
+        let members = std::iter::once((config.model, config.weights.clone()))
+            .chain(config.ensemble.iter().cloned());
+        for (kind, explicit) in members {
+            let path = weights::resolve_weights(kind, explicit.as_deref())?;
+            checksums.push(weights::sha256_file(&path)?);
+            let vb = weights::open_var_builder(kind, &path, &device)?;
+            let backbone =
+                build_backbone(kind, config.engine, &device, vb).map_err(|e| match e {
+                    EmbedError::Model { source, .. } => EmbedError::Weights {
+                        path: path.clone(),
+                        source,
+                    },
+                    other => other,
+                })?;
+            backbones.push(backbone);
+        }
+        Self::assemble(config, backbones, checksums.join("+"), device)
     }
 
     /// Builds the model of `config` with the deterministic synthetic weights of the golden
@@ -55,54 +109,63 @@ impl Embedder {
     /// speed measurements only: the vectors mean nothing.
     pub fn with_synthetic_weights(config: &EmbedderConfig) -> Result<Self, EmbedError> {
         let device = config.device.open()?;
-        let vb = VarBuilder::from_backend(Box::new(SyntheticWeights), DType::F32, device.clone());
-        Self::build(config, vb, SYNTHETIC_WEIGHTS_ID.to_string(), device)
+        let mut backbones = Vec::new();
+        let kinds = std::iter::once(config.model).chain(config.ensemble.iter().map(|(k, _)| *k));
+        for kind in kinds {
+            let vb =
+                VarBuilder::from_backend(Box::new(SyntheticWeights), DType::F32, device.clone());
+            backbones.push(build_backbone(kind, config.engine, &device, vb)?);
+        }
+        let checksums = vec![SYNTHETIC_WEIGHTS_ID; backbones.len()];
+        Self::assemble(config, backbones, checksums.join("+"), device)
     }
 
-    fn build(
+    fn assemble(
         config: &EmbedderConfig,
-        vb: VarBuilder,
+        mut backbones: Vec<Box<dyn Backbone>>,
         weights_sha256: String,
         device: Device,
     ) -> Result<Self, EmbedError> {
-        let name = config.model.name();
-        let fast = match config.engine {
-            Engine::Fast if device.is_cpu() => {
-                models::fast::FastBackbone::new(config.model, vb.clone())
+        let size = input_size(config.preprocess, config.model);
+        for (kind, _) in &config.ensemble {
+            if input_size(config.preprocess, *kind) != size {
+                return Err(EmbedError::InvalidArgument(format!(
+                    "an ensemble's models must share the input size: {} takes {size} pixels \
+                     with {} preprocessing, {} takes {}",
+                    config.model.name(),
+                    config.preprocess.name(),
+                    kind.name(),
+                    input_size(config.preprocess, *kind)
+                )));
             }
-            _ => None,
-        };
-        let backbone: Box<dyn Backbone> = match fast {
-            Some(fast) => Box::new(fast.map_err(EmbedError::model(name))?),
-            None => match config.model {
-                ModelKind::MobileNetV2 => Box::new(
-                    models::mobilenet_v2::MobileNetV2::new(vb).map_err(EmbedError::model(name))?,
-                ),
-                ModelKind::EfficientNetLite0 => Box::new(
-                    models::efficientnet_lite0::EfficientNetLite0::new(vb)
-                        .map_err(EmbedError::model(name))?,
-                ),
-                ModelKind::ResNet50 => {
-                    Box::new(models::resnet::ResNet50::new(vb).map_err(EmbedError::model(name))?)
-                }
-                ModelKind::Vgg16 => {
-                    Box::new(models::vgg::Vgg16::new(vb).map_err(EmbedError::model(name))?)
-                }
-            },
-        };
-        let meta = EmbeddingMeta {
-            model: name.to_string(),
+        }
+        let ensemble_kinds: Vec<ModelKind> = config.ensemble.iter().map(|(k, _)| *k).collect();
+        let backbone = backbones.remove(0);
+        let mut meta = EmbeddingMeta {
+            model: crate::models_name(config.model, &ensemble_kinds),
             weights_sha256,
             preprocess: config.preprocess.name().to_string(),
             pooling: config.pooling.name(),
             l2_normalized: config.l2_normalize,
-            dim: config.model.dim(),
+            dim: config.model.dim() + ensemble_kinds.iter().map(|k| k.dim()).sum::<usize>(),
+            head: None,
+        };
+        let head = match &config.head {
+            Some(path) => {
+                let head = Head::load(path)?;
+                head.check_backbone(&meta, path)?;
+                meta = head.output_meta(&meta);
+                Some(head)
+            }
+            None => None,
         };
         Ok(Embedder {
             config: config.clone(),
             meta,
             device,
             backbone,
+            ensemble: backbones,
+            head,
         })
     }
 
@@ -141,12 +204,33 @@ impl Embedder {
         self.backbone.features(&input).map_err(self.model_error())
     }
 
-    /// The embeddings (N×D, pooled and normalised as configured) of a preprocessed input.
+    /// The learned head applied after pooling, if any.
+    pub fn head(&self) -> Option<&Head> {
+        self.head.as_ref()
+    }
+
+    /// The embeddings (N×D, pooled and normalised as configured, through the head when there
+    /// is one) of a preprocessed input.
     pub fn embed_tensor(&self, input: &Tensor) -> Result<Tensor, EmbedError> {
         let run = || -> candle_core::Result<Tensor> {
-            let map = self.backbone.features(&input.to_device(&self.device)?)?;
-            let pooled = pool(&map, self.config.pooling)?;
-            if self.config.l2_normalize {
+            let input = input.to_device(&self.device)?;
+            let map = self.backbone.features(&input)?;
+            let mut pooled = pool(&map, self.config.pooling)?;
+            if !self.ensemble.is_empty() {
+                // Each model's part at unit length, so that every model weighs the same.
+                let mut parts = vec![unit_rows(&pooled)?];
+                for member in &self.ensemble {
+                    parts.push(unit_rows(&pool(
+                        &member.features(&input)?,
+                        self.config.pooling,
+                    )?)?);
+                }
+                pooled = Tensor::cat(&parts, 1)?;
+            }
+            if let Some(head) = &self.head {
+                // The head normalises its own input and output.
+                head.apply_tensor(&pooled)
+            } else if self.config.l2_normalize {
                 let norm = pooled
                     .sqr()?
                     .sum_keepdim(1)?

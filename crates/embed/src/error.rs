@@ -105,6 +105,23 @@ pub enum EmbedError {
         /// Every differing field, as `field: file has X, expected Y`.
         differences: String,
     },
+    /// A head file is malformed, of another format version, or corrupted.
+    #[error("head file {path}: {reason}")]
+    BadHeadFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A head was trained on another backbone (model, weights, preprocessing, pooling or
+    /// dimension) than the vectors it is applied to.
+    #[error("head file {path} does not fit these vectors: {differences}")]
+    HeadMismatch {
+        /// The head file.
+        path: PathBuf,
+        /// Every differing field.
+        differences: String,
+    },
     /// Arguments that do not fit together (for example vectors whose length is not ids × dim).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

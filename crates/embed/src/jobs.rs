@@ -13,7 +13,16 @@ pub struct ImageJob {
     pub path: PathBuf,
     /// A box to crop to, and the margin passed to [`wtb_dataset::crop`].
     pub crop: Option<(wtb_dataset::BBox, f64)>,
+    /// Mirror the image (or crop) left to right before embedding: flip augmentation and
+    /// flip-averaged descriptors.
+    pub flip: bool,
+    /// Crop a shop photo to its garment ([`wtb_dataset::foreground_box`]) when it has a plain
+    /// light background, so that it frames the garment as a street crop does.
+    pub trim: bool,
 }
+
+/// The darkest-channel level above which a pixel counts as background when trimming.
+pub const TRIM_LIGHT_LEVEL: u8 = 235;
 
 impl Embedder {
     /// Embeds a list of image files (or crops of them) in batches of `batch`. Decoding, cropping
@@ -34,12 +43,26 @@ impl Embedder {
             |i| {
                 let job = &jobs[i];
                 let image = wtb_dataset::load_rgb(&job.path, &limits).map_err(|e| e.to_string())?;
-                match job.crop {
+                let image = match job.crop {
                     Some((ref bbox, margin)) => {
-                        wtb_dataset::crop(&image, bbox, margin).map_err(|e| e.to_string())
+                        wtb_dataset::crop(&image, bbox, margin).map_err(|e| e.to_string())?
                     }
-                    None => Ok(image),
-                }
+                    None => image,
+                };
+                let image = match job.trim {
+                    true => match wtb_dataset::foreground_box(&image, TRIM_LIGHT_LEVEL) {
+                        Some(bbox) => {
+                            wtb_dataset::crop(&image, &bbox, 0.02).map_err(|e| e.to_string())?
+                        }
+                        None => image,
+                    },
+                    false => image,
+                };
+                Ok(if job.flip {
+                    image::imageops::flip_horizontal(&image)
+                } else {
+                    image
+                })
             },
             batch,
             progress,

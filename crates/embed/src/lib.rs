@@ -10,6 +10,8 @@
 //!   in torchvision, timm or lukemelas key layout, and refuses missing or misshapen tensors.
 //! - [`Embedder::embed_images`] embeds one batch; [`Embedder::embed_jobs`] embeds a list of
 //!   files or crops with decoding overlapped with the model, skipping and reporting bad images.
+//! - [`Head`] is a learned projection (trained by `wtb-train`) applied after pooling when
+//!   [`EmbedderConfig::head`] names a head file; its file records the backbone it fits.
 //! - [`save_embeddings`] / [`load_embeddings`] write and read vectors with the
 //!   [`EmbeddingMeta`] that made them, refusing a mismatch.
 //!
@@ -35,10 +37,12 @@
 /// same version.
 pub use candle_core;
 
+mod cache;
 mod classes;
 mod config;
 mod embedder;
 mod error;
+mod head;
 mod jobs;
 mod models;
 mod preprocess;
@@ -46,10 +50,14 @@ mod resample;
 mod store;
 mod weights;
 
+pub use cache::{embed_cached, CachedVectors};
 pub use classes::imagenet_class_name;
-pub use config::{DeviceChoice, EmbedderConfig, Engine, ModelKind, Pooling, Preprocess};
+pub use config::{
+    models_name, parse_models, DeviceChoice, EmbedderConfig, Engine, ModelKind, Pooling, Preprocess,
+};
 pub use embedder::{EmbedOutcome, Embedder};
 pub use error::EmbedError;
+pub use head::{Head, HeadMeta, HEAD_FORMAT_VERSION};
 pub use jobs::ImageJob;
 pub use preprocess::{input_size, preprocess_image, IMAGENET_MEAN, IMAGENET_STD};
 pub use store::{load_embeddings, save_embeddings, EmbeddingMeta, EMBEDDINGS_FORMAT_VERSION};

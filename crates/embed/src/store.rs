@@ -33,21 +33,29 @@ pub struct EmbeddingMeta {
     pub l2_normalized: bool,
     /// Vector length.
     pub dim: usize,
+    /// The learned head the backbone's vectors went through (its [`Head::id`](crate::Head::id)),
+    /// if any.
+    #[serde(default)]
+    pub head: Option<String>,
 }
 
-const META_FIELDS: [&str; 6] = [
+const META_FIELDS: [&str; 7] = [
     "model",
     "weights_sha256",
     "preprocess",
     "pooling",
     "l2_normalized",
     "dim",
+    "head",
 ];
 
 impl EmbeddingMeta {
     /// The metadata as a string map (keys: model, weights_sha256, preprocess, pooling,
-    /// l2_normalized, dim), for storing in other files without depending on this crate's types.
+    /// l2_normalized, dim, and head when there is one), for storing in other files without
+    /// depending on this crate's types. Without a head the map is what files written before
+    /// heads existed hold, so they still match.
     pub fn to_map(&self) -> BTreeMap<String, String> {
+        let head = self.head.as_ref().map(|h| ("head", h.clone()));
         [
             ("model", self.model.clone()),
             ("weights_sha256", self.weights_sha256.clone()),
@@ -57,6 +65,7 @@ impl EmbeddingMeta {
             ("dim", self.dim.to_string()),
         ]
         .into_iter()
+        .chain(head)
         .map(|(k, v)| (k.to_string(), v))
         .collect()
     }
@@ -85,7 +94,22 @@ impl EmbeddingMeta {
             dim: dim
                 .parse()
                 .map_err(|_| format!("metadata field \"dim\" is {dim:?}, not a number"))?,
+            head: get("head").ok(),
         })
+    }
+
+    /// The lengths of the parts of the vectors: one per model of an ensemble
+    /// (`mobilenet_v2+efficientnet_lite0`: 1280, 1280), or the whole vector.
+    pub fn blocks(&self) -> Vec<usize> {
+        let kinds: Option<Vec<usize>> = self
+            .model
+            .split('+')
+            .map(|name| name.parse::<crate::ModelKind>().ok().map(|k| k.dim()))
+            .collect();
+        match kinds {
+            Some(dims) if dims.len() > 1 && dims.iter().sum::<usize>() == self.dim => dims,
+            _ => vec![self.dim],
+        }
     }
 
     /// Every field that differs, as `field: A vs B` (self first); empty when equal.
@@ -94,7 +118,12 @@ impl EmbeddingMeta {
         META_FIELDS
             .iter()
             .filter(|field| a.get(**field) != b.get(**field))
-            .map(|field| format!("{field}: {} vs {}", a[*field], b[*field]))
+            .map(|field| {
+                let value = |m: &BTreeMap<String, String>| {
+                    m.get(*field).cloned().unwrap_or_else(|| "none".into())
+                };
+                format!("{field}: {} vs {}", value(&a), value(&b))
+            })
             .collect()
     }
 }
@@ -319,6 +348,7 @@ mod tests {
             pooling: "avg".into(),
             l2_normalized: true,
             dim: 3,
+            head: None,
         }
     }
 

@@ -75,21 +75,29 @@ fn jobs_read_files_and_crop() {
             id: "full".into(),
             path: path.clone(),
             crop: None,
+            flip: false,
+            trim: false,
         },
         ImageJob {
             id: "crop".into(),
             path: path.clone(),
             crop: Some((bbox, 0.0)),
+            flip: false,
+            trim: false,
         },
         ImageJob {
             id: "broken".into(),
             path: dir.path().join("broken.png"),
             crop: None,
+            flip: false,
+            trim: false,
         },
         ImageJob {
             id: "missing".into(),
             path: dir.path().join("missing.png"),
             crop: None,
+            flip: false,
+            trim: false,
         },
     ];
     let embedder = embedder();

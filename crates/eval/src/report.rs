@@ -14,7 +14,7 @@ use crate::plot;
 use crate::{write_atomic, EvalError};
 
 /// Version of the `results.json` layout.
-pub const RESULTS_FORMAT_VERSION: u32 = 1;
+pub const RESULTS_FORMAT_VERSION: u32 = 2;
 /// Version of the `manifest.json` layout.
 pub const MANIFEST_FORMAT_VERSION: u32 = 1;
 
@@ -29,13 +29,27 @@ pub struct ConfigLabel {
     pub pooling: String,
     /// Distance metric name (`cosine`...).
     pub metric: String,
+    /// Retrieval steps applied (`none`, or `head+flip+dba+qe` and subsets; see
+    /// [`crate::runner::Steps`]).
+    #[serde(default = "no_steps")]
+    pub steps: String,
+}
+
+fn no_steps() -> String {
+    "none".into()
 }
 
 impl ConfigLabel {
-    /// `model/preprocess/pooling/metric`, the name used in plots.
+    /// `model/preprocess/pooling/metric`, then `+steps` when there are any: the name used in
+    /// plots.
     pub fn short(&self) -> String {
+        let steps = if self.steps == "none" {
+            String::new()
+        } else {
+            format!(" +{}", self.steps)
+        };
         format!(
-            "{}/{}/{}/{}",
+            "{}/{}/{}/{}{steps}",
             self.model, self.preprocess, self.pooling, self.metric
         )
     }
@@ -99,6 +113,9 @@ pub struct Manifest {
     pub versions: Vec<(String, String)>,
     /// Weights file and sha256 per model.
     pub weights: Vec<(String, String, String)>,
+    /// Learned head files used, with their ids.
+    #[serde(default)]
+    pub heads: Vec<(String, String)>,
     /// Machine description (CPU model, cores, OS).
     pub hardware: Vec<(String, String)>,
     /// Wall-clock seconds per stage.
@@ -284,21 +301,22 @@ fn render_markdown(report: &Report, plots: &plot::PlotFiles) -> String {
                     );
                     let _ = writeln!(
                         md,
-                        "| model | preprocess | pooling | metric | {} |",
+                        "| model | preprocess | pooling | metric | steps | {} |",
                         labels.join(" | ")
                     );
-                    let _ = writeln!(md, "|---|---|---|---|{}", "---|".repeat(labels.len()));
+                    let _ = writeln!(md, "|---|---|---|---|---|{}", "---|".repeat(labels.len()));
                     header_written = true;
                 }
                 let cells: Vec<String> = estimates.iter().map(percent).collect();
                 let c = &result.config;
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {} | {} | {} |",
+                    "| {} | {} | {} | {} | {} | {} |",
                     c.model,
                     c.preprocess,
                     c.pooling,
                     c.metric,
+                    c.steps,
                     cells.join(" | ")
                 );
             }
@@ -352,7 +370,7 @@ fn render_markdown(report: &Report, plots: &plot::PlotFiles) -> String {
 
 fn render_csv(report: &Report) -> String {
     let mut out = String::from(
-        "set,stratum,model,preprocess,pooling,metric,measure,value,ci_low,ci_high,n_queries,n_target_absent\n",
+        "set,stratum,model,preprocess,pooling,metric,steps,measure,value,ci_low,ci_high,n_queries,n_target_absent\n",
     );
     for result in &report.results {
         let c = &result.config;
@@ -360,13 +378,14 @@ fn render_csv(report: &Report) -> String {
             for (measure, e) in result.summary.measures.iter().zip(estimates) {
                 let _ = writeln!(
                     out,
-                    "{},{},{},{},{},{},{},{:.6},{:.6},{:.6},{},{}",
+                    "{},{},{},{},{},{},{},{},{:.6},{:.6},{:.6},{},{}",
                     csv_field(&result.set),
                     csv_field(&stratum),
                     csv_field(&c.model),
                     csv_field(&c.preprocess),
                     csv_field(&c.pooling),
                     csv_field(&c.metric),
+                    csv_field(&c.steps),
                     measure.name(),
                     e.value,
                     e.ci_low,
@@ -506,6 +525,7 @@ mod tests {
             preprocess: "squash".into(),
             pooling: "avg".into(),
             metric: "cosine".into(),
+            steps: "none".into(),
         };
         Report {
             protocol: "test, with \"quotes\"".into(),
@@ -545,6 +565,7 @@ mod tests {
             seeds: vec![("bootstrap".into(), 1)],
             versions: vec![],
             weights: vec![],
+            heads: vec![],
             hardware: vec![],
             timings: vec![("total".into(), 1.5)],
         };

@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use wtb_embed::{
-    load_embeddings, save_embeddings, DeviceChoice, Embedder, EmbedderConfig, EmbeddingMeta,
-    ImageJob, ModelKind, Pooling, Preprocess,
+    CachedVectors as Vectors, DeviceChoice, Embedder, EmbedderConfig, ImageJob, ModelKind, Pooling,
+    Preprocess,
 };
+use wtb_search::rerank::{self, Expansion};
 use wtb_search::{Gallery, Metric, Precision};
 
 use crate::metrics::{
@@ -32,10 +32,118 @@ use crate::{write_atomic, EvalError};
 /// Cut-offs of the original project (5 to 50) plus 1, as the follow-ups report.
 pub const DEFAULT_KS: [usize; 7] = [1, 5, 10, 20, 30, 40, 50];
 
-/// Images per embedding cache file: the unit of resumption.
-const CACHE_CHUNK: usize = 256;
-/// Version of the cache file layout (part of the key).
-const CACHE_VERSION: u32 = 1;
+/// Retrieval steps applied on top of the backbone's vectors; each is a switch and a row of
+/// the report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Steps {
+    /// The learned head of [`RunConfig::head`].
+    pub head: bool,
+    /// Each photo's vector averaged with its mirror image's.
+    pub flip: bool,
+    /// Database-side augmentation of the gallery (see `wtb_search::rerank`).
+    pub dba: bool,
+    /// α-weighted query expansion.
+    pub qe: bool,
+    /// Shop photos cropped to their garment (`wtb_dataset::foreground_box`).
+    pub trim: bool,
+}
+
+impl Steps {
+    /// `none`, or the steps joined by `+` (`head+flip+dba+qe`).
+    pub fn name(&self) -> String {
+        let names: Vec<&str> = [
+            (self.head, "head"),
+            (self.flip, "flip"),
+            (self.dba, "dba"),
+            (self.qe, "qe"),
+            (self.trim, "trim"),
+        ]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, name)| name)
+        .collect();
+        if names.is_empty() {
+            "none".into()
+        } else {
+            names.join("+")
+        }
+    }
+
+    /// The default of the shop and `wtb search` with a head: the head, shop photos cropped
+    /// to their garment, query expansion.
+    pub const DEFAULT_WITH_HEAD: Steps = Steps {
+        head: true,
+        flip: false,
+        dba: false,
+        qe: true,
+        trim: true,
+    };
+
+    /// The ablation: no step, each step alone, then (with a head) the head alone, with the
+    /// garment crop, with each other step on top, the default and everything.
+    pub fn ablation(with_head: bool) -> Vec<Steps> {
+        let none = Steps::default();
+        let mut out = vec![
+            none,
+            Steps { flip: true, ..none },
+            Steps { dba: true, ..none },
+            Steps { qe: true, ..none },
+            Steps { trim: true, ..none },
+        ];
+        if with_head {
+            let head = Steps { head: true, ..none };
+            let trimmed = Steps { trim: true, ..head };
+            out.extend([
+                head,
+                trimmed,
+                Steps {
+                    flip: true,
+                    ..trimmed
+                },
+                Steps {
+                    dba: true,
+                    ..trimmed
+                },
+                Steps::DEFAULT_WITH_HEAD,
+                Steps {
+                    flip: true,
+                    ..Steps::DEFAULT_WITH_HEAD
+                },
+            ]);
+        } else {
+            out.push(Steps {
+                flip: true,
+                qe: true,
+                trim: true,
+                ..none
+            });
+        }
+        out
+    }
+}
+
+impl std::str::FromStr for Steps {
+    type Err = EvalError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut steps = Steps::default();
+        for part in s.split('+').map(str::trim) {
+            match part {
+                "none" | "" => {}
+                "head" => steps.head = true,
+                "flip" => steps.flip = true,
+                "dba" => steps.dba = true,
+                "qe" => steps.qe = true,
+                "trim" => steps.trim = true,
+                other => {
+                    return Err(EvalError::Config(format!(
+                        "unknown retrieval step {other:?} in {s:?}; expected none or head, flip, dba, qe joined by +"
+                    )))
+                }
+            }
+        }
+        Ok(steps)
+    }
+}
 
 /// A model to evaluate.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,6 +152,9 @@ pub struct ModelSpec {
     pub kind: ModelKind,
     /// An explicit weights file; `None` searches the usual places (see `wtb_embed::resolve_weights`).
     pub weights: Option<PathBuf>,
+    /// The other models of an ensemble, with their weights files (see
+    /// `wtb_embed::EmbedderConfig::ensemble`).
+    pub ensemble: Vec<(ModelKind, Option<PathBuf>)>,
 }
 
 /// What to evaluate and how.
@@ -75,6 +186,12 @@ pub struct RunConfig {
     pub failures: usize,
     /// Folder where failure thumbnails go (the report folder): `failures/` is written in it.
     pub out_dir: PathBuf,
+    /// The learned head file of the steps that use one.
+    pub head: Option<PathBuf>,
+    /// Retrieval step combinations, each evaluated (default: none).
+    pub steps: Vec<Steps>,
+    /// Neighbours and weighting of query expansion and database-side augmentation.
+    pub expansion: Expansion,
 }
 
 /// Progress of a long step: (what, done, total).
@@ -89,6 +206,8 @@ pub struct RunOutput {
     pub weights: Vec<(String, String, String)>,
     /// Seconds per stage.
     pub timings: Vec<(String, f64)>,
+    /// (head file, head id) of the head used, if any.
+    pub heads: Vec<(String, String)>,
 }
 
 /// Runs every configuration of `config` on `protocol`.
@@ -111,6 +230,31 @@ pub fn run(
             "at least one model, metric, preprocessing and pooling is needed".into(),
         ));
     }
+    let steps_list = if config.steps.is_empty() {
+        vec![Steps::default()]
+    } else {
+        config.steps.clone()
+    };
+    let head = match (&config.head, steps_list.iter().any(|s| s.head)) {
+        (Some(path), _) => {
+            Some(
+                wtb_embed::Head::load(path).map_err(|source| EvalError::Embed {
+                    what: "reading the head".into(),
+                    source: Box::new(source),
+                })?,
+            )
+        }
+        (None, true) => {
+            return Err(EvalError::Config(
+                "a retrieval step uses the learned head, but no head file was given".into(),
+            ))
+        }
+        (None, false) => None,
+    };
+    let heads: Vec<(String, String)> = match (&config.head, &head) {
+        (Some(path), Some(head)) => vec![(path.display().to_string(), head.id())],
+        _ => Vec::new(),
+    };
     let measures = if protocol.category_targets {
         Measure::category_measures(&config.ks)
     } else {
@@ -129,12 +273,9 @@ pub fn run(
     for model in &config.models {
         for &preprocess in &config.preprocess {
             for &pooling in &config.pooling {
-                let variant = format!(
-                    "{}/{}/{}",
-                    model.kind.name(),
-                    preprocess.name(),
-                    pooling.name()
-                );
+                let kinds: Vec<ModelKind> = model.ensemble.iter().map(|(k, _)| *k).collect();
+                let model_name = wtb_embed::models_name(model.kind, &kinds);
+                let variant = format!("{model_name}/{}/{}", preprocess.name(), pooling.name());
                 let started = Instant::now();
                 let embedder = Embedder::load(&EmbedderConfig {
                     model: model.kind,
@@ -144,20 +285,31 @@ pub fn run(
                     l2_normalize: config.l2_normalize,
                     device: config.device,
                     engine: wtb_embed::Engine::default(),
+                    head: None,
+                    ensemble: model.ensemble.clone(),
                 })
                 .map_err(|source| EvalError::Embed {
                     source: Box::new(source),
-                    what: format!("loading {}", model.kind.name()),
+                    what: format!("loading {model_name}"),
                 })?;
                 let meta = embedder.meta().clone();
                 if !weights
                     .iter()
                     .any(|(m, _, _): &(String, String, String)| *m == meta.model)
                 {
-                    let file = wtb_embed::resolve_weights(model.kind, model.weights.as_deref())
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_default();
-                    weights.push((meta.model.clone(), file, meta.weights_sha256.clone()));
+                    let files: Vec<String> = std::iter::once((model.kind, model.weights.clone()))
+                        .chain(model.ensemble.iter().cloned())
+                        .map(|(kind, file)| {
+                            wtb_embed::resolve_weights(kind, file.as_deref())
+                                .map(|p| p.display().to_string())
+                                .unwrap_or_default()
+                        })
+                        .collect();
+                    weights.push((
+                        meta.model.clone(),
+                        files.join("+"),
+                        meta.weights_sha256.clone(),
+                    ));
                 }
                 timings.push((
                     format!("{variant}: load model"),
@@ -171,12 +323,13 @@ pub fn run(
                         id: g.photo.to_string(),
                         path: g.path.clone(),
                         crop: None,
+                        flip: false,
+                        trim: false,
                     })
                     .collect();
                 let label = format!("gallery {variant}");
                 let gallery_vectors = embed_cached(
                     &embedder,
-                    &meta,
                     &gallery_jobs,
                     "gallery",
                     config,
@@ -195,22 +348,73 @@ pub fn run(
                         id: q.id.clone(),
                         path: q.path.clone(),
                         crop: q.bbox.map(|b| (b, config.margin)),
+                        flip: false,
+                        trim: false,
                     })
                     .collect();
                 let label = format!("queries {variant}");
-                let query_vectors = embed_cached(
-                    &embedder,
-                    &meta,
-                    &query_jobs,
-                    "queries",
-                    config,
-                    &label,
-                    progress,
-                )?;
+                let query_vectors =
+                    embed_cached(&embedder, &query_jobs, "queries", config, &label, progress)?;
                 timings.push((
                     format!("{variant}: embed queries"),
                     started.elapsed().as_secs_f64(),
                 ));
+                // The other views the steps need: mirrored photos, trimmed shop photos.
+                let variant_jobs = |jobs: &[ImageJob], flip: bool, trim: bool| -> Vec<ImageJob> {
+                    jobs.iter()
+                        .map(|j| ImageJob {
+                            flip,
+                            trim,
+                            ..j.clone()
+                        })
+                        .collect()
+                };
+                let mut views: HashMap<(&str, bool, bool), Vectors> = HashMap::new();
+                for steps in &steps_list {
+                    let mut wanted = vec![("gallery", false, steps.trim)];
+                    if steps.flip {
+                        wanted.push(("gallery", true, steps.trim));
+                        wanted.push(("queries", true, false));
+                    }
+                    for (role, flip, trim) in wanted {
+                        if (!flip && !trim) || views.contains_key(&(role, flip, trim)) {
+                            continue;
+                        }
+                        let started = Instant::now();
+                        let jobs = if role == "gallery" {
+                            &gallery_jobs
+                        } else {
+                            &query_jobs
+                        };
+                        let name = format!(
+                            "{role}{}{}",
+                            if flip { "-flip" } else { "" },
+                            if trim { "-trim" } else { "" }
+                        );
+                        let vectors = embed_cached(
+                            &embedder,
+                            &variant_jobs(jobs, flip, trim),
+                            &name,
+                            config,
+                            &format!("{name} {variant}"),
+                            progress,
+                        )?;
+                        timings.push((
+                            format!("{variant}: embed {name}"),
+                            started.elapsed().as_secs_f64(),
+                        ));
+                        views.insert((role, flip, trim), vectors);
+                    }
+                }
+                if let Some(head) = &head {
+                    if let Some(path) = &config.head {
+                        head.check_backbone(&meta, path)
+                            .map_err(|source| EvalError::Embed {
+                                what: format!("applying the head to {variant}"),
+                                source: Box::new(source),
+                            })?;
+                    }
+                }
                 for (id, reason) in gallery_vectors.skipped.iter() {
                     skipped.push(SkippedItem {
                         item: format!("{variant}: gallery photo {id}"),
@@ -224,13 +428,36 @@ pub fn run(
                     });
                 }
 
-                for &metric in &config.metrics {
+                for (steps, metric) in steps_list
+                    .iter()
+                    .flat_map(|s| config.metrics.iter().map(move |m| (*s, *m)))
+                {
                     let started = Instant::now();
+                    let gallery_base = match steps.trim {
+                        true => views.get(&("gallery", false, true)),
+                        false => None,
+                    }
+                    .unwrap_or(&gallery_vectors);
+                    let mirrored = steps.flip.then(|| {
+                        (
+                            views.get(&("gallery", true, steps.trim)),
+                            views.get(&("queries", true, false)),
+                        )
+                    });
+                    let (gallery_vectors, query_vectors) = prepare_vectors(
+                        gallery_base,
+                        &query_vectors,
+                        mirrored.and_then(|(g, _)| g),
+                        mirrored.and_then(|(_, q)| q),
+                        head.as_ref().filter(|_| steps.head),
+                    )?;
+                    let (gallery_vectors, query_vectors) = (&gallery_vectors, &query_vectors);
                     let label = ConfigLabel {
                         model: meta.model.clone(),
                         preprocess: meta.preprocess.clone(),
                         pooling: meta.pooling.clone(),
                         metric: metric.name().to_string(),
+                        steps: steps.name(),
                     };
                     let mut per_set = Vec::new();
                     for set in &protocol.sets {
@@ -258,9 +485,9 @@ pub fn run(
                             scores.extend(search_group(
                                 &present,
                                 &group_queries,
-                                &gallery_vectors,
-                                &query_vectors,
-                                metric,
+                                gallery_vectors,
+                                query_vectors,
+                                (metric, steps, config.expansion),
                                 &config.ks,
                             )?);
                         }
@@ -277,7 +504,11 @@ pub fn run(
                         per_set.push((set.name.clone(), scores));
                     }
                     timings.push((
-                        format!("{variant}: search and score {}", metric.name()),
+                        format!(
+                            "{variant}: search and score {} ({})",
+                            metric.name(),
+                            steps.name()
+                        ),
                         started.elapsed().as_secs_f64(),
                     ));
                     all_scores.push((label, per_set));
@@ -301,7 +532,45 @@ pub fn run(
         },
         weights,
         timings,
+        heads,
     })
+}
+
+/// The vectors one step combination searches with: mirrored views averaged in when given,
+/// then the head applied when given.
+fn prepare_vectors(
+    gallery: &Vectors,
+    queries: &Vectors,
+    mirrored_gallery: Option<&Vectors>,
+    mirrored_queries: Option<&Vectors>,
+    head: Option<&wtb_embed::Head>,
+) -> Result<(Vectors, Vectors), EvalError> {
+    let one = |vectors: &Vectors, mirrored: Option<&Vectors>| -> Result<Vectors, EvalError> {
+        let mut out = vectors.clone();
+        if let Some(mirrored) = mirrored {
+            for (id, &row) in &vectors.rows {
+                if let Some(other) = mirrored.get(id) {
+                    let dim = vectors.dim;
+                    out.values[row * dim..(row + 1) * dim]
+                        .iter_mut()
+                        .zip(other)
+                        .for_each(|(v, m)| *v = 0.5 * (*v + m));
+                }
+            }
+        }
+        if let Some(head) = head {
+            out.values = head.apply(&out.values).map_err(|source| EvalError::Embed {
+                what: "applying the head".into(),
+                source: Box::new(source),
+            })?;
+            out.dim = head.output_dim();
+        }
+        Ok(out)
+    };
+    Ok((
+        one(gallery, mirrored_gallery)?,
+        one(queries, mirrored_queries)?,
+    ))
 }
 
 /// Every gallery photo of the protocol once, by photo id.
@@ -328,143 +597,27 @@ fn unique_queries(protocol: &Protocol) -> Vec<Query> {
     by_id.into_values().collect()
 }
 
-/// Vectors by id, with the ids that could not be embedded.
-struct Vectors {
-    dim: usize,
-    rows: HashMap<String, usize>,
-    values: Vec<f32>,
-    skipped: Vec<(String, String)>,
-}
-
-impl Vectors {
-    fn get(&self, id: &str) -> Option<&[f32]> {
-        self.rows
-            .get(id)
-            .map(|&r| &self.values[r * self.dim..(r + 1) * self.dim])
-    }
-}
-
-/// What a cache chunk remembers besides the vectors.
-#[derive(Serialize, Deserialize)]
-struct ChunkSidecar {
-    format: String,
-    version: u32,
-    key: String,
-    skipped: Vec<(String, String)>,
-}
-
-fn chunk_key(meta: &EmbeddingMeta, role: &str, jobs: &[ImageJob]) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(format!("wtb-eval cache v{CACHE_VERSION}\n{role}\n").as_bytes());
-    for (k, v) in meta.to_map() {
-        hasher.update(format!("{k}={v}\n").as_bytes());
-    }
-    for job in jobs {
-        hasher.update(format!("{}\t{}", job.id, job.path.display()).as_bytes());
-        if let Some((b, margin)) = job.crop {
-            for v in [b.left, b.top, b.width, b.height, margin] {
-                hasher.update(v.to_le_bytes());
-            }
-        }
-        hasher.update(b"\n");
-    }
-    hex::encode(hasher.finalize())
-}
-
-/// Embeds `jobs` chunk by chunk, reusing every chunk already in the cache.
+/// Embeds `jobs` through the chunked cache of `config.cache_dir`.
 fn embed_cached(
     embedder: &Embedder,
-    meta: &EmbeddingMeta,
     jobs: &[ImageJob],
     role: &str,
     config: &RunConfig,
     label: &str,
     progress: Progress<'_>,
 ) -> Result<Vectors, EvalError> {
-    let folder = config.cache_dir.join(format!(
-        "{}-{}-{}-{}",
-        meta.model,
-        &meta.weights_sha256.chars().take(12).collect::<String>(),
-        meta.preprocess,
-        meta.pooling.replace(':', "_")
-    ));
-    std::fs::create_dir_all(&folder).map_err(|source| EvalError::Io {
-        path: folder.clone(),
-        source,
-    })?;
-    let mut out = Vectors {
-        dim: meta.dim,
-        rows: HashMap::new(),
-        values: Vec::new(),
-        skipped: Vec::new(),
-    };
-    let total = jobs.len();
-    let mut done = 0;
-    progress(label, 0, total);
-    for chunk in jobs.chunks(CACHE_CHUNK) {
-        let key = chunk_key(meta, role, chunk);
-        let vectors_path = folder.join(format!("{role}-{}.safetensors", &key[..24]));
-        let sidecar_path = folder.join(format!("{role}-{}.json", &key[..24]));
-        let (ids, values, skipped) = match read_chunk(&vectors_path, &sidecar_path, meta, &key) {
-            Some(cached) => cached,
-            None => {
-                let base = done;
-                let outcome = embedder
-                    .embed_jobs(chunk, config.batch.max(1), &|d, _| {
-                        progress(label, base + d, total)
-                    })
-                    .map_err(|source| EvalError::Embed {
-                        source: Box::new(source),
-                        what: format!("{label} ({})", chunk.first().map_or("", |j| j.id.as_str())),
-                    })?;
-                save_embeddings(&vectors_path, meta, &outcome.ids, &outcome.vectors, false)
-                    .map_err(|source| EvalError::Embed {
-                        source: Box::new(source),
-                        what: format!("writing cache {}", vectors_path.display()),
-                    })?;
-                let sidecar = ChunkSidecar {
-                    format: "wtb-eval-cache".into(),
-                    version: CACHE_VERSION,
-                    key: key.clone(),
-                    skipped: outcome.skipped.clone(),
-                };
-                let text = serde_json::to_vec(&sidecar).map_err(|e| EvalError::Format {
-                    path: sidecar_path.clone(),
-                    reason: e.to_string(),
-                })?;
-                write_atomic(&sidecar_path, &text)?;
-                (outcome.ids, outcome.vectors, outcome.skipped)
-            }
-        };
-        for (i, id) in ids.into_iter().enumerate() {
-            out.rows.insert(id, out.values.len() / meta.dim.max(1));
-            out.values
-                .extend_from_slice(&values[i * meta.dim..(i + 1) * meta.dim]);
-        }
-        out.skipped.extend(skipped);
-        done += chunk.len();
-        progress(label, done, total);
-    }
-    Ok(out)
-}
-
-/// A cached chunk, when both files are present and match `meta` and `key`.
-#[allow(clippy::type_complexity)]
-fn read_chunk(
-    vectors_path: &Path,
-    sidecar_path: &Path,
-    meta: &EmbeddingMeta,
-    key: &str,
-) -> Option<(Vec<String>, Vec<f32>, Vec<(String, String)>)> {
-    let sidecar: ChunkSidecar = serde_json::from_slice(&std::fs::read(sidecar_path).ok()?).ok()?;
-    if sidecar.key != key || sidecar.version != CACHE_VERSION {
-        return None;
-    }
-    let (_, ids, values) = load_embeddings(vectors_path, Some(meta)).ok()?;
-    if values.len() != ids.len() * meta.dim {
-        return None;
-    }
-    Some((ids, values, sidecar.skipped))
+    wtb_embed::embed_cached(
+        embedder,
+        jobs,
+        role,
+        &config.cache_dir,
+        config.batch,
+        &|done, total| progress(label, done, total),
+    )
+    .map_err(|source| EvalError::Embed {
+        source: Box::new(source),
+        what: format!("{label} ({} images)", jobs.len()),
+    })
 }
 
 /// Searches one group's queries against its gallery and scores them.
@@ -473,7 +626,7 @@ fn search_group(
     queries: &[&Query],
     gallery_vectors: &Vectors,
     query_vectors: &Vectors,
-    metric: Metric,
+    (metric, steps, expansion): (Metric, Steps, Expansion),
     ks: &[usize],
 ) -> Result<Vec<QueryScore>, EvalError> {
     let search_error = |source| EvalError::Search {
@@ -494,11 +647,18 @@ fn search_group(
     for photo in gallery {
         values.extend_from_slice(gallery_vectors.get(&photo.photo.to_string()).unwrap_or(&[]));
     }
-    let matrix = Gallery::new(dim, values, Precision::F32).map_err(search_error)?;
+    if steps.dba {
+        values = rerank::augment_database(&values, dim, expansion).map_err(search_error)?;
+    }
     let mut query_values = Vec::with_capacity(queries.len() * dim);
     for query in queries {
         query_values.extend_from_slice(query_vectors.get(&query.id).unwrap_or(&[]));
     }
+    if steps.qe {
+        query_values =
+            rerank::expand_queries(&query_values, &values, dim, expansion).map_err(search_error)?;
+    }
+    let matrix = Gallery::new(dim, values, Precision::F32).map_err(search_error)?;
     // The whole gallery is ranked: MRR and mAP need every rank, and galleries are small.
     let neighbours = matrix
         .knn_batch(&query_values, gallery.len(), metric)

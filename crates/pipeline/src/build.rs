@@ -278,6 +278,8 @@ fn extend(
         ..BuildReport::default()
     };
     progress(report.resumed, total);
+    // A head trained on shop photos cropped to their garment sees the gallery the same way.
+    let trim = embedder.head().is_some_and(|head| head.meta().shop_trim);
     for chunk in todo.chunks(options.checkpoint_every.max(1)) {
         let jobs: Vec<ImageJob> = chunk
             .iter()
@@ -285,6 +287,8 @@ fn extend(
                 id: photo.0.to_string(),
                 path: photo_path(&options.photos, *photo),
                 crop: None,
+                flip: false,
+                trim,
             })
             .collect();
         let base = report.resumed + report.embedded + report.skipped.len();

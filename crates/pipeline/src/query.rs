@@ -7,6 +7,7 @@ use std::time::Instant;
 use image::RgbImage;
 use wtb_dataset::{crop, decode_rgb, BBox, DecodeLimits};
 use wtb_embed::Embedder;
+use wtb_search::rerank::{expand_in_index, Expansion, DEFAULT_EXPANSION};
 use wtb_search::{Filter, Index, Metric, ProductHit, SearchMode, SearchRequest, VectorSearch};
 
 use crate::PipelineError;
@@ -58,6 +59,7 @@ pub struct QueryEngine {
     limits: DecodeLimits,
     metric: Metric,
     margin: f64,
+    expansion: Option<Expansion>,
 }
 
 impl QueryEngine {
@@ -69,10 +71,12 @@ impl QueryEngine {
     }
 
     /// An engine over `index`, which must have been built with `embedder`'s model and settings.
-    /// Defaults: [`DecodeLimits::default`], cosine metric, no margin around boxes.
+    /// Defaults: [`DecodeLimits::default`], cosine metric, no margin around boxes, and with a
+    /// learned head, query expansion ([`DEFAULT_EXPANSION`]; see
+    /// [`set_expansion`](Self::set_expansion)).
     pub fn new(embedder: Embedder, index: Index) -> Result<QueryEngine, PipelineError> {
         let expected = embedder.meta().to_map();
-        let differences: Vec<String> = expected
+        let mut differences: Vec<String> = expected
             .iter()
             .filter(|(key, value)| index.meta().get(*key) != Some(*value))
             .map(|(key, value)| {
@@ -82,6 +86,10 @@ impl QueryEngine {
                 )
             })
             .collect();
+        // An index built through a learned head cannot be searched without it.
+        if let (Some(head), None) = (index.meta().get("head"), expected.get("head")) {
+            differences.push(format!("head: index has {head}, model has none"));
+        }
         if !differences.is_empty() {
             return Err(PipelineError::Search(
                 wtb_search::SearchError::MetadataMismatch {
@@ -90,13 +98,26 @@ impl QueryEngine {
                 },
             ));
         }
+        let expansion = embedder.head().map(|_| DEFAULT_EXPANSION);
         Ok(QueryEngine {
             embedder,
             index,
             limits: DecodeLimits::default(),
             metric: Metric::Cosine,
             margin: 0.0,
+            expansion,
         })
+    }
+
+    /// Query expansion of cosine searches: the query plus its `k` nearest shop photos
+    /// (`wtb_search::rerank`); `None` turns it off.
+    pub fn set_expansion(&mut self, expansion: Option<Expansion>) {
+        self.expansion = expansion.filter(|e| e.k > 0);
+    }
+
+    /// The query expansion in force.
+    pub fn expansion(&self) -> Option<Expansion> {
+        self.expansion
     }
 
     /// Sets the decoding caps applied to query photos.
@@ -145,20 +166,24 @@ impl QueryEngine {
             None => photo,
         };
         let decoded = Instant::now();
-        let vector = self
+        let mut vector = self
             .embedder
             .embed_images(std::slice::from_ref(&region))?
             .pop()
             .ok_or_else(|| PipelineError::BadQuery("the model returned no vector".to_string()))?;
         let embedded = Instant::now();
         let metric = query.metric.unwrap_or(self.metric);
+        let filter = Filter {
+            categories: query.categories.clone(),
+            products: BTreeSet::new(),
+        };
+        if let (Some(expansion), Metric::Cosine) = (self.expansion, metric) {
+            vector = expand_in_index(&self.index, &vector, expansion, &filter)?;
+        }
         let request = SearchRequest {
             k: query.k,
             metric,
-            filter: Filter {
-                categories: query.categories.clone(),
-                products: BTreeSet::new(),
-            },
+            filter,
             // Exact: the catalogue of a shop is small, and exact answers are reproducible.
             mode: SearchMode::Exact,
         };

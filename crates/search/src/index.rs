@@ -562,6 +562,52 @@ impl Index {
         }
     }
 
+    /// The `k` photos nearest to `query` under `metric` (exact, any product, best first) that
+    /// `filter` allows, with their stored vectors: the neighbours query expansion adds.
+    pub fn nearest_photos(
+        &self,
+        query: &[f32],
+        k: usize,
+        metric: Metric,
+        filter: &Filter,
+    ) -> Result<Vec<(PhotoRecord, f32, Vec<f32>)>, SearchError> {
+        if query.len() != self.dim {
+            return Err(SearchError::DimensionMismatch {
+                expected: self.dim,
+                found: query.len(),
+            });
+        }
+        let allowed = self.allowed_rows(filter);
+        let mut top = TopK::new(k, false);
+        let mut start = 0;
+        for segment in &self.segments {
+            let end = start + segment.len();
+            let selection = Selection {
+                groups: None,
+                allowed: Some(&allowed[start..end]),
+            };
+            for found in segment.select(query, k, metric, selection)? {
+                for entry in found {
+                    top.offer(Entry {
+                        pos: entry.pos + start,
+                        ..entry
+                    });
+                }
+            }
+            start = end;
+        }
+        let mut buf = Vec::new();
+        Ok(top
+            .into_sorted()
+            .into_iter()
+            .filter_map(|e| {
+                let (segment, local) = self.locate(e.pos)?;
+                let vector = segment.row_f32(local, &mut buf).to_vec();
+                Some((self.record(e.pos), e.score, vector))
+            })
+            .collect())
+    }
+
     fn locate(&self, row: usize) -> Option<(&Gallery, usize)> {
         let mut start = 0;
         for segment in &self.segments {

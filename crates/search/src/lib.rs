@@ -40,6 +40,7 @@ mod hnsw;
 mod index;
 mod kernels;
 mod metric;
+pub mod rerank;
 mod topk;
 
 use std::collections::BTreeSet;
