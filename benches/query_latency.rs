@@ -60,7 +60,7 @@ fn queries(data: &Path, wanted: usize) -> anyhow::Result<Vec<(Vec<u8>, BBox)>> {
 
 fn engine(config: &EmbedderConfig, data: &Path, index: PathBuf) -> anyhow::Result<QueryEngine> {
     let embedder = Embedder::load(config)?;
-    let options = BuildOptions::new(&data.join("labels"), &data.join("photos_resized"), index);
+    let options = BuildOptions::new(data.join("labels"), data.join("photos_resized"), index);
     ensure_index(&embedder, &options, &|_, _| {})?;
     Ok(QueryEngine::open(embedder, &options.index)?)
 }

@@ -77,9 +77,9 @@ fn train_then_index_and_search_with_the_head() {
     let again = dir.path().join("again.safetensors");
     let (ok, _, stderr) = output(&mut train(&sliced, &photos, &weights, &again, &[]));
     assert!(ok, "{stderr}");
-    assert_eq!(
-        std::fs::read(&head).unwrap(),
-        std::fs::read(&again).unwrap()
+    assert!(
+        std::fs::read(&head).unwrap() == std::fs::read(&again).unwrap(),
+        "the same inputs and seed wrote another head file"
     );
 
     let index = dir.path().join("shop.wtbindex");

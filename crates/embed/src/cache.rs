@@ -4,7 +4,7 @@
 //! those, the images, their boxes and flips) does not match is recomputed, never used.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -145,8 +145,8 @@ pub fn embed_cached(
 /// A cached chunk, when both files are present and match `meta` and `key`.
 #[allow(clippy::type_complexity)]
 fn read_chunk(
-    vectors_path: &PathBuf,
-    sidecar_path: &PathBuf,
+    vectors_path: &Path,
+    sidecar_path: &Path,
     meta: &EmbeddingMeta,
     key: &str,
 ) -> Option<(Vec<String>, Vec<f32>, Vec<(String, String)>)> {

@@ -8,16 +8,11 @@ use candle_nn::{Module, VarBuilder};
 use image::RgbImage;
 use rayon::prelude::*;
 
+use crate::head::unit_rows;
 use crate::models::{self, Backbone};
 use crate::preprocess::{input_size, preprocess_image, preprocess_into};
 use crate::weights::{self, SyntheticWeights, SYNTHETIC_WEIGHTS_ID};
 use crate::{EmbedError, EmbedderConfig, EmbeddingMeta, Engine, Head, ModelKind, Pooling};
-
-/// Rows of `t` scaled to unit L2 norm.
-fn unit_rows(t: &Tensor) -> candle_core::Result<Tensor> {
-    let norm = t.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12f32, f32::MAX)?;
-    t.broadcast_div(&norm)
-}
 
 /// The network of `kind`: the fused CPU plan when `engine` asks for it and it exists, else
 /// stock candle ops.
@@ -231,12 +226,7 @@ impl Embedder {
                 // The head normalises its own input and output.
                 head.apply_tensor(&pooled)
             } else if self.config.l2_normalize {
-                let norm = pooled
-                    .sqr()?
-                    .sum_keepdim(1)?
-                    .sqrt()?
-                    .clamp(1e-12f32, f32::MAX)?;
-                pooled.broadcast_div(&norm)
+                unit_rows(&pooled)
             } else {
                 Ok(pooled)
             }

@@ -18,11 +18,10 @@
 //! (kind, seed, training-data fingerprint, settings) and a checksum of its content, so that a
 //! corrupted file or a head used with another backbone is refused.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use candle_core::{Device, Tensor, D};
-use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -75,6 +74,16 @@ pub struct Head {
     id: String,
 }
 
+/// The rows of a batch `N × D` scaled to unit L2 norm (zero rows stay zero).
+pub fn unit_rows(t: &Tensor) -> candle_core::Result<Tensor> {
+    let norm = t
+        .sqr()?
+        .sum_keepdim(D::Minus1)?
+        .sqrt()?
+        .clamp(1e-12f32, f32::MAX)?;
+    t.broadcast_div(&norm)
+}
+
 fn head_error(path: &Path, reason: impl Into<String>) -> EmbedError {
     EmbedError::BadHeadFile {
         path: path.to_path_buf(),
@@ -106,7 +115,7 @@ impl Head {
                 mean.len()
             )));
         }
-        if projection.is_empty() || projection.len() % input_dim != 0 {
+        if projection.is_empty() || !projection.len().is_multiple_of(input_dim) {
             return Err(invalid(format!(
                 "the projection has {} values, not a multiple of the input dimension {input_dim}",
                 projection.len()
@@ -226,14 +235,7 @@ impl Head {
                 self.meta.input_dim
             );
         }
-        let normalize = |t: &Tensor| -> candle_core::Result<Tensor> {
-            let norm = t
-                .sqr()?
-                .sum_keepdim(D::Minus1)?
-                .sqrt()?
-                .clamp(1e-12f32, f32::MAX)?;
-            t.broadcast_div(&norm)
-        };
+        let normalize = unit_rows;
         // Each model's part of an ensemble at unit length, the whole at unit length.
         let normalize_blocks = |t: &Tensor| -> candle_core::Result<Tensor> {
             if self.meta.blocks.len() < 2 {
@@ -272,7 +274,7 @@ impl Head {
     /// Applies the head to `vectors` (row-major, a multiple of `input_dim` long) on the CPU.
     pub fn apply(&self, vectors: &[f32]) -> Result<Vec<f32>, EmbedError> {
         let dim = self.meta.input_dim;
-        if vectors.len() % dim != 0 {
+        if !vectors.len().is_multiple_of(dim) {
             return Err(EmbedError::InvalidArgument(format!(
                 "{} values are not a whole number of {dim}-value vectors",
                 vectors.len()
@@ -342,21 +344,18 @@ impl Head {
         let bytes =
             |values: &[f32]| -> Vec<u8> { values.iter().flat_map(|v| v.to_le_bytes()).collect() };
         let (mean, projection) = (bytes(&self.mean), bytes(&self.projection));
-        fn view(data: &[u8], shape: Vec<usize>) -> Result<TensorView<'_>, EmbedError> {
-            TensorView::new(Dtype::F32, shape, data)
-                .map_err(|e| EmbedError::InvalidArgument(format!("head tensor: {e}")))
-        }
-        let tensors = vec![
-            ("mean", view(&mean, vec![self.meta.input_dim])?),
+        let tensors = [
+            ("mean", "F32", vec![self.meta.input_dim], mean.as_slice()),
             (
                 "projection",
-                view(&projection, vec![self.projected_dim, self.meta.input_dim])?,
+                "F32",
+                vec![self.projected_dim, self.meta.input_dim],
+                projection.as_slice(),
             ),
         ];
-        let mut metadata: HashMap<String, String> = self.metadata().into_iter().collect();
+        let mut metadata = self.metadata();
         metadata.insert("content_sha256".into(), self.id.clone());
-        let serialized = safetensors::serialize(tensors, Some(metadata))
-            .map_err(|e| EmbedError::InvalidArgument(format!("head serialisation: {e}")))?;
+        let serialized = crate::store::serialize_sorted(&tensors, &metadata);
         crate::store::write_atomically(path, &serialized)
     }
 

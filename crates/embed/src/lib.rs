@@ -57,7 +57,7 @@ pub use config::{
 };
 pub use embedder::{EmbedOutcome, Embedder};
 pub use error::EmbedError;
-pub use head::{Head, HeadMeta, HEAD_FORMAT_VERSION};
+pub use head::{unit_rows, Head, HeadMeta, HEAD_FORMAT_VERSION};
 pub use jobs::ImageJob;
 pub use preprocess::{input_size, preprocess_image, IMAGENET_MEAN, IMAGENET_STD};
 pub use store::{load_embeddings, save_embeddings, EmbeddingMeta, EMBEDDINGS_FORMAT_VERSION};

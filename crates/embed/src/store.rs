@@ -1,11 +1,10 @@
 //! Embedding files: safetensors holding `embeddings` [N, D] (f32 or f16) and the ids, with
 //! metadata saying how they were made, so that a mismatched file is refused.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
@@ -146,10 +145,6 @@ pub fn save_embeddings(
             meta.dim
         )));
     }
-    let bad = |reason: String| EmbedError::BadEmbeddingsFile {
-        path: path.to_path_buf(),
-        reason,
-    };
     let values: Vec<u8> = if f16 {
         vectors
             .iter()
@@ -167,26 +162,23 @@ pub fn save_embeddings(
         offsets.push(end);
     }
     let offset_bytes: Vec<u8> = offsets.iter().flat_map(|o| o.to_le_bytes()).collect();
-    let dtype = if f16 { Dtype::F16 } else { Dtype::F32 };
+    let dtype = if f16 { "F16" } else { "F32" };
     let tensors = [
         (
             EMBEDDINGS,
-            TensorView::new(dtype, vec![ids.len(), meta.dim], &values),
+            dtype,
+            vec![ids.len(), meta.dim],
+            values.as_slice(),
         ),
-        (
-            ID_BYTES,
-            TensorView::new(Dtype::U8, vec![id_bytes.len()], &id_bytes),
-        ),
+        (ID_BYTES, "U8", vec![id_bytes.len()], id_bytes.as_slice()),
         (
             ID_OFFSETS,
-            TensorView::new(Dtype::I64, vec![offsets.len()], &offset_bytes),
+            "I64",
+            vec![offsets.len()],
+            offset_bytes.as_slice(),
         ),
     ];
-    let mut tensors_ok = Vec::new();
-    for (name, view) in tensors {
-        tensors_ok.push((name, view.map_err(|e| bad(format!("tensor {name}: {e}")))?));
-    }
-    let mut metadata: HashMap<String, String> = meta.to_map().into_iter().collect();
+    let mut metadata = meta.to_map();
     metadata.insert("format".into(), FORMAT_NAME.into());
     metadata.insert(
         "format_version".into(),
@@ -197,9 +189,49 @@ pub fn save_embeddings(
         concat!("wtb-embed ", env!("CARGO_PKG_VERSION")).into(),
     );
     metadata.insert("dtype".into(), if f16 { "f16" } else { "f32" }.into());
-    let bytes =
-        safetensors::serialize(tensors_ok, Some(metadata)).map_err(|e| bad(e.to_string()))?;
+    let bytes = serialize_sorted(&tensors, &metadata);
     write_atomically(path, &bytes)
+}
+
+/// One tensor for [`serialize_sorted`]: name, safetensors dtype name (`F32`, `F16`, `U8`,
+/// `I64`), shape and little-endian bytes.
+pub(crate) type RawTensor<'a> = (&'a str, &'a str, Vec<usize>, &'a [u8]);
+
+/// A safetensors file whose header lists metadata and tensors in sorted order, so that the
+/// same content always gives the same bytes (the `safetensors` crate writes its metadata in
+/// hash-map order, which changes from run to run).
+pub(crate) fn serialize_sorted(
+    tensors: &[RawTensor<'_>],
+    metadata: &BTreeMap<String, String>,
+) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!(metadata));
+    let mut sorted: Vec<&RawTensor<'_>> = tensors.iter().collect();
+    sorted.sort_by_key(|t| t.0);
+    let mut offset = 0usize;
+    for (name, dtype, shape, bytes) in &sorted {
+        header.insert(
+            (*name).to_string(),
+            serde_json::json!({
+                "dtype": dtype,
+                "shape": shape,
+                "data_offsets": [offset, offset + bytes.len()],
+            }),
+        );
+        offset += bytes.len();
+    }
+    // serde_json's map keeps keys sorted (no `preserve_order` feature).
+    let mut text = serde_json::Value::Object(header).to_string().into_bytes();
+    while !text.len().is_multiple_of(8) {
+        text.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + text.len() + offset);
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(&text);
+    for (_, _, _, bytes) in sorted {
+        out.extend_from_slice(bytes);
+    }
+    out
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same folder, fsynced then renamed,

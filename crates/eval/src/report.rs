@@ -574,7 +574,10 @@ mod tests {
             assert!(dir.path().join(file).is_file(), "{}", file.display());
         }
         let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
-        assert!(md.contains("| m | squash | avg | cosine | 50.0 ["), "{md}");
+        assert!(
+            md.contains("| m | squash | avg | cosine | none | 50.0 ["),
+            "{md}"
+        );
         assert!(md.contains("all (micro) (3 queries"), "{md}");
         let json: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(dir.path().join("results.json")).unwrap(),

@@ -71,7 +71,7 @@ fn check(values: &[f32], dim: usize) -> Result<(), SearchError> {
     if dim == 0 {
         return Err(SearchError::ZeroDimension);
     }
-    if values.len() % dim != 0 {
+    if !values.len().is_multiple_of(dim) {
         return Err(SearchError::RaggedMatrix {
             values: values.len(),
             dim,

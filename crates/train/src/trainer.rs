@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
+use wtb_embed::unit_rows;
 
 use crate::data::{ItemKind, Part, SplitMix64, TrainingSet};
 use crate::features::Features;
@@ -197,15 +198,6 @@ pub(crate) struct Problem<'a> {
     pub validation: &'a ValidationSplit,
 }
 
-fn normalize(t: &Tensor) -> candle_core::Result<Tensor> {
-    let norm = t
-        .sqr()?
-        .sum_keepdim(D::Minus1)?
-        .sqrt()?
-        .clamp(1e-12f32, f32::MAX)?;
-    t.broadcast_div(&norm)
-}
-
 /// Unit-length served descriptors of `rows` for `projection` (`dim × input`).
 fn descriptors(
     problem: &Problem<'_>,
@@ -214,7 +206,7 @@ fn descriptors(
     raw_weight: f32,
 ) -> candle_core::Result<Tensor> {
     let x = problem.inputs.index_select(rows, 0)?;
-    let learned = normalize(&x.broadcast_sub(&problem.mean)?.matmul(&projection.t()?)?)?;
+    let learned = unit_rows(&x.broadcast_sub(&problem.mean)?.matmul(&projection.t()?)?)?;
     if raw_weight > 0.0 {
         let raw = problem.raw.index_select(rows, 0)?;
         Tensor::cat(

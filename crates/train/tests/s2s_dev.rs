@@ -136,9 +136,9 @@ fn training_is_deterministic_resumable_and_beats_raw_features() {
     assert!(!checkpoint.exists(), "the checkpoint is removed at the end");
     let second = dir.path().join("b.safetensors");
     resumed.save(&second).unwrap();
-    assert_eq!(
-        std::fs::read(&first).unwrap(),
-        std::fs::read(&second).unwrap()
+    assert!(
+        std::fs::read(&first).unwrap() == std::fs::read(&second).unwrap(),
+        "an interrupted and resumed run wrote another head file"
     );
 
     // The cached features are reused: the same set embeds to the same values.
