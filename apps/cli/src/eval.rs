@@ -13,7 +13,7 @@ use wtb_eval::metrics::BootstrapConfig;
 use wtb_eval::protocol::{self, ORIGINAL_SEED};
 use wtb_eval::report::{write_report, Manifest};
 use wtb_eval::runner::{self, ModelSpec, RunConfig, Steps, DEFAULT_KS};
-use wtb_search::rerank::Expansion;
+use wtb_search::rerank::{Expansion, Reciprocal};
 use wtb_search::Metric;
 
 use crate::progress;
@@ -133,7 +133,7 @@ pub struct EvalArgs {
     /// Retrieval step combinations to evaluate, comma-separated, each `none` or steps joined
     /// by `+`: head (the learned head), flip (average with the mirror image), dba
     /// (database-side augmentation), qe (query expansion), trim (shop photos cropped to their
-    /// garment). Default: with --head, what `wtb search` does with it (head+qe, and trim when
+    /// garment), krr (k-reciprocal re-ranking). Default: with --head, what `wtb search` does with it (head+qe, and trim when
     /// the head was trained so), else none.
     #[arg(long, value_delimiter = ',', value_name = "STEPS")]
     steps: Vec<String>,
@@ -146,6 +146,15 @@ pub struct EvalArgs {
     /// Exponent of the cosine weights of query expansion and database-side augmentation.
     #[arg(long, default_value_t = 3.0)]
     expansion_alpha: f32,
+    /// k-reciprocal re-ranking: neighbours whose reciprocity is checked (k1).
+    #[arg(long, default_value_t = Reciprocal::default().k1)]
+    krr_k1: usize,
+    /// k-reciprocal re-ranking: neighbours of the local query expansion (k2).
+    #[arg(long, default_value_t = Reciprocal::default().k2)]
+    krr_k2: usize,
+    /// k-reciprocal re-ranking: weight of the original distance (lambda).
+    #[arg(long, default_value_t = Reciprocal::default().lambda)]
+    krr_lambda: f32,
     /// Report folder (created; existing report files are replaced).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
@@ -352,6 +361,11 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         expansion: Expansion {
             k: args.expansion_k,
             alpha: args.expansion_alpha,
+        },
+        reciprocal: Reciprocal {
+            k1: args.krr_k1,
+            k2: args.krr_k2,
+            lambda: args.krr_lambda,
         },
         models,
         preprocess,

@@ -50,8 +50,13 @@ impl PipelineBackend {
             photos.sort_unstable();
         }
         let meta = engine.embedder().meta();
+        let head = meta
+            .head
+            .as_ref()
+            .map(|id| format!(", learned head {id}"))
+            .unwrap_or_default();
         let model = format!(
-            "{} ({}, {} pooling)",
+            "{} ({}, {} pooling{head})",
             meta.model, meta.preprocess, meta.pooling
         );
         PipelineBackend {

@@ -16,7 +16,7 @@ use wtb_embed::{
     CachedVectors as Vectors, DeviceChoice, Embedder, EmbedderConfig, ImageJob, ModelKind, Pooling,
     Preprocess,
 };
-use wtb_search::rerank::{self, Expansion};
+use wtb_search::rerank::{self, Expansion, Reciprocal};
 use wtb_search::{Gallery, Metric, Precision};
 
 use crate::metrics::{
@@ -46,6 +46,9 @@ pub struct Steps {
     pub qe: bool,
     /// Shop photos cropped to their garment (`wtb_dataset::foreground_box`).
     pub trim: bool,
+    /// k-reciprocal re-ranking (`wtb_search::rerank::k_reciprocal`, the paper's settings) of
+    /// cosine distances.
+    pub krr: bool,
 }
 
 impl Steps {
@@ -57,6 +60,7 @@ impl Steps {
             (self.dba, "dba"),
             (self.qe, "qe"),
             (self.trim, "trim"),
+            (self.krr, "krr"),
         ]
         .into_iter()
         .filter(|(on, _)| *on)
@@ -77,6 +81,7 @@ impl Steps {
         dba: false,
         qe: true,
         trim: true,
+        krr: false,
     };
 
     /// The ablation: no step, each step alone, then (with a head) the head alone, with the
@@ -89,6 +94,7 @@ impl Steps {
             Steps { dba: true, ..none },
             Steps { qe: true, ..none },
             Steps { trim: true, ..none },
+            Steps { krr: true, ..none },
         ];
         if with_head {
             let head = Steps { head: true, ..none };
@@ -102,6 +108,10 @@ impl Steps {
                 },
                 Steps {
                     dba: true,
+                    ..trimmed
+                },
+                Steps {
+                    krr: true,
                     ..trimmed
                 },
                 Steps::DEFAULT_WITH_HEAD,
@@ -134,9 +144,10 @@ impl std::str::FromStr for Steps {
                 "dba" => steps.dba = true,
                 "qe" => steps.qe = true,
                 "trim" => steps.trim = true,
+                "krr" => steps.krr = true,
                 other => {
                     return Err(EvalError::Config(format!(
-                        "unknown retrieval step {other:?} in {s:?}; expected none or head, flip, dba, qe joined by +"
+                        "unknown retrieval step {other:?} in {s:?}; expected none or head, flip, dba, qe, trim, krr joined by +"
                     )))
                 }
             }
@@ -192,6 +203,8 @@ pub struct RunConfig {
     pub steps: Vec<Steps>,
     /// Neighbours and weighting of query expansion and database-side augmentation.
     pub expansion: Expansion,
+    /// Settings of k-reciprocal re-ranking.
+    pub reciprocal: Reciprocal,
 }
 
 /// Progress of a long step: (what, done, total).
@@ -487,7 +500,7 @@ pub fn run(
                                 &group_queries,
                                 gallery_vectors,
                                 query_vectors,
-                                (metric, steps, config.expansion),
+                                (metric, steps, config.expansion, config.reciprocal),
                                 &config.ks,
                             )?);
                         }
@@ -626,7 +639,7 @@ fn search_group(
     queries: &[&Query],
     gallery_vectors: &Vectors,
     query_vectors: &Vectors,
-    (metric, steps, expansion): (Metric, Steps, Expansion),
+    (metric, steps, expansion, reciprocal): (Metric, Steps, Expansion, Reciprocal),
     ks: &[usize],
 ) -> Result<Vec<QueryScore>, EvalError> {
     let search_error = |source| EvalError::Search {
@@ -658,23 +671,38 @@ fn search_group(
         query_values =
             rerank::expand_queries(&query_values, &values, dim, expansion).map_err(search_error)?;
     }
-    let matrix = Gallery::new(dim, values, Precision::F32).map_err(search_error)?;
     // The whole gallery is ranked: MRR and mAP need every rank, and galleries are small.
-    let neighbours = matrix
-        .knn_batch(&query_values, gallery.len(), metric)
-        .map_err(search_error)?;
+    let neighbours: Vec<Vec<(usize, f32)>> = if steps.krr {
+        let distances =
+            rerank::k_reciprocal(&query_values, &values, dim, reciprocal).map_err(search_error)?;
+        distances
+            .chunks(gallery.len())
+            .map(|row| {
+                let mut order: Vec<(usize, f32)> = row.iter().copied().enumerate().collect();
+                order.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+                order
+            })
+            .collect()
+    } else {
+        Gallery::new(dim, values, Precision::F32)
+            .and_then(|matrix| matrix.knn_batch(&query_values, gallery.len(), metric))
+            .map_err(search_error)?
+            .into_iter()
+            .map(|found| found.into_iter().map(|n| (n.position, n.score)).collect())
+            .collect()
+    };
     Ok(queries
         .iter()
         .zip(neighbours)
         .map(|(query, found)| {
             let ranking: Vec<RankedPhoto> = found
                 .iter()
-                .filter_map(|n| {
-                    gallery.get(n.position).map(|photo| RankedPhoto {
+                .filter_map(|&(position, score)| {
+                    gallery.get(position).map(|photo| RankedPhoto {
                         photo: photo.photo,
                         product: photo.product,
                         category: photo.category.clone(),
-                        score: n.score,
+                        score,
                     })
                 })
                 .collect();

@@ -6,7 +6,10 @@
 //! - **database-side augmentation** (DBA): the same applied to every gallery vector with its
 //!   own nearest neighbours in the gallery, done once when the gallery is built.
 //!
-//! Both work on cosine similarity (vectors are normalised first).
+//! - **k-reciprocal re-ranking** ([`k_reciprocal`]): distances that also count how much two
+//!   vectors' mutual-neighbour sets overlap.
+//!
+//! All work on cosine similarity (vectors are normalised first).
 //!
 //! ```
 //! use wtb_search::rerank::{augment_database, expand_queries, Expansion};
@@ -160,9 +163,194 @@ pub fn augment_database(
     expand(gallery, gallery, dim, expansion, true)
 }
 
+/// Settings of k-reciprocal re-ranking.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Reciprocal {
+    /// Neighbours whose reciprocity is checked (`k1`).
+    pub k1: usize,
+    /// Neighbours averaged in the local query expansion (`k2`; 1: none).
+    pub k2: usize,
+    /// Weight of the original distance in the final one (`λ`).
+    pub lambda: f32,
+}
+
+impl Default for Reciprocal {
+    /// The paper's settings: k1 = 20, k2 = 6, λ = 0.3.
+    fn default() -> Self {
+        Reciprocal {
+            k1: 20,
+            k2: 6,
+            lambda: 0.3,
+        }
+    }
+}
+
+/// k-reciprocal re-ranking (Zhong, Zheng, Cao and Li, CVPR 2017): the distance of a query to
+/// a gallery vector mixes their original distance with the Jaccard distance of their
+/// k-reciprocal neighbourhoods, computed over queries and gallery together. Returns the final
+/// distances, `queries × gallery` row-major, smaller is better.
+pub fn k_reciprocal(
+    queries: &[f32],
+    gallery: &[f32],
+    dim: usize,
+    settings: Reciprocal,
+) -> Result<Vec<f32>, SearchError> {
+    check(queries, dim)?;
+    check(gallery, dim)?;
+    let (nq, ng) = (queries.len() / dim, gallery.len() / dim);
+    let mut all = normalized(queries, dim);
+    all.extend(normalized(gallery, dim));
+    let n = nq + ng;
+    if nq == 0 || ng == 0 {
+        return Ok(Vec::new());
+    }
+    // Squared euclidean distances of unit vectors, each column scaled by its largest.
+    let matrix = Gallery::new(dim, all.clone(), Precision::F32)?;
+    let mut distance = vec![0f32; n * n];
+    for (i, found) in matrix
+        .knn_batch(&all, n, Metric::InnerProduct)?
+        .into_iter()
+        .enumerate()
+    {
+        for neighbour in found {
+            distance[i * n + neighbour.position] = (2.0 - 2.0 * neighbour.score).max(0.0);
+        }
+    }
+    for column in 0..n {
+        let largest = (0..n)
+            .map(|row| distance[row * n + column])
+            .fold(0f32, f32::max)
+            .max(1e-12);
+        for row in 0..n {
+            distance[row * n + column] /= largest;
+        }
+    }
+    let row = |i: usize| &distance[i * n..(i + 1) * n];
+    let k1 = settings.k1.clamp(1, n - 1);
+    let half = (k1 as f32 / 2.0).round() as usize;
+    let rank: Vec<Vec<usize>> = (0..n)
+        .map(|i| {
+            let d = row(i);
+            let mut order: Vec<usize> = (0..n).collect();
+            order.sort_by(|&a, &b| d[a].total_cmp(&d[b]).then(a.cmp(&b)));
+            order.truncate(k1 + 1);
+            order
+        })
+        .collect();
+    let reciprocal = |i: usize, k: usize| -> Vec<usize> {
+        rank[i][..(k + 1).min(rank[i].len())]
+            .iter()
+            .copied()
+            .filter(|&c| rank[c][..(k + 1).min(rank[c].len())].contains(&i))
+            .collect()
+    };
+    // Sparse neighbourhood weights, one map per vector.
+    let mut weights: Vec<Vec<(usize, f32)>> = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut set = reciprocal(i, k1);
+        for &candidate in set.clone().iter() {
+            let around = reciprocal(candidate, half);
+            let shared = around.iter().filter(|c| set.contains(c)).count();
+            if shared as f32 > 2.0 / 3.0 * around.len() as f32 {
+                set.extend(around);
+            }
+        }
+        set.sort_unstable();
+        set.dedup();
+        let mut entries: Vec<(usize, f32)> = set.iter().map(|&j| (j, (-row(i)[j]).exp())).collect();
+        let total: f32 = entries.iter().map(|e| e.1).sum::<f32>().max(1e-12);
+        entries.iter_mut().for_each(|e| e.1 /= total);
+        weights.push(entries);
+    }
+    // Local query expansion: each neighbourhood averaged with those of its k2 nearest.
+    if settings.k2 > 1 {
+        let expanded: Vec<Vec<(usize, f32)>> = (0..n)
+            .map(|i| {
+                let neighbours = &rank[i][..settings.k2.min(rank[i].len())];
+                let mut dense: std::collections::BTreeMap<usize, f32> = Default::default();
+                for &j in neighbours {
+                    for &(k, w) in &weights[j] {
+                        *dense.entry(k).or_default() += w / neighbours.len() as f32;
+                    }
+                }
+                dense.into_iter().collect()
+            })
+            .collect();
+        weights = expanded;
+    }
+    let mut out = vec![0f32; nq * ng];
+    let mut dense = vec![0f32; n];
+    for q in 0..nq {
+        dense.iter_mut().for_each(|v| *v = 0.0);
+        for &(k, w) in &weights[q] {
+            dense[k] = w;
+        }
+        for g in 0..ng {
+            let shared: f32 = weights[nq + g].iter().map(|&(k, w)| w.min(dense[k])).sum();
+            let jaccard = 1.0 - shared / (2.0 - shared);
+            out[q * ng + g] = (1.0 - settings.lambda) * jaccard + settings.lambda * row(q)[nq + g];
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn k_reciprocal_separates_neighbourhoods() {
+        // Two tight clusters of three; the query lies in cluster A.
+        let gallery = [
+            1.0, 0.0, 0.99, 0.14, 0.98, 0.2, // A
+            0.0, 1.0, 0.14, 0.99, 0.2, 0.98, // B
+        ];
+        let query = [0.995, 0.1];
+        let settings = Reciprocal {
+            k1: 3,
+            k2: 1,
+            lambda: 0.0,
+        };
+        let d = k_reciprocal(&query, &gallery, 2, settings).unwrap();
+        assert_eq!(d.len(), 6);
+        assert!(d.iter().all(|v| (0.0..=1.0).contains(v)), "{d:?}");
+        // Cluster B shares no neighbour with the query: Jaccard distance 1.
+        assert!(d[3..].iter().all(|&v| (v - 1.0).abs() < 1e-6), "{d:?}");
+        assert!(d[..3].iter().all(|&v| v < 0.9), "{d:?}");
+
+        // With λ = 1 the original distances come back, each column scaled by its largest.
+        let plain = k_reciprocal(
+            &query,
+            &gallery,
+            2,
+            Reciprocal {
+                lambda: 1.0,
+                ..settings
+            },
+        )
+        .unwrap();
+        let all: Vec<[f32; 2]> = std::iter::once([query[0], query[1]])
+            .chain(gallery.chunks(2).map(|c| [c[0], c[1]]))
+            .map(|v| {
+                let n = (v[0] * v[0] + v[1] * v[1]).sqrt();
+                [v[0] / n, v[1] / n]
+            })
+            .collect();
+        let squared = |a: [f32; 2], b: [f32; 2]| (2.0 - 2.0 * (a[0] * b[0] + a[1] * b[1])).max(0.0);
+        for g in 0..6 {
+            let largest = all
+                .iter()
+                .map(|&x| squared(x, all[g + 1]))
+                .fold(0f32, f32::max);
+            let expected = squared(all[0], all[g + 1]) / largest;
+            assert!(
+                (plain[g] - expected).abs() < 1e-5,
+                "{g}: {} vs {expected}",
+                plain[g]
+            );
+        }
+        assert!(k_reciprocal(&query[..1], &gallery, 2, settings).is_err());
+    }
 
     #[test]
     fn zero_k_only_normalises() {

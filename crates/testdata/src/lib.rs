@@ -20,11 +20,13 @@ use std::path::PathBuf;
 
 pub mod tensors;
 
-/// The shared reference folder: `$WTB_SHARED_DIR`, or `shared` beside the project root.
+/// The shared reference folder: `$WTB_SHARED_DIR`, or `shared` beside the project root;
+/// canonical when it exists (browsers driven by the tests refuse paths with `..`).
 pub fn shared_dir() -> PathBuf {
-    std::env::var_os("WTB_SHARED_DIR")
+    let dir = std::env::var_os("WTB_SHARED_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared")))
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared")));
+    dir.canonicalize().unwrap_or(dir)
 }
 
 /// The paths below [`shared_dir`], or `None` after printing the first one that is missing.

@@ -134,11 +134,6 @@ impl TrainingSet {
             )));
         }
         let mut left_out = Vec::new();
-        let test = labels.queries(&QueryOptions {
-            categories: None,
-            splits: vec![PairSplit::Test],
-            single_item_only: false,
-        });
         let mut test_products: BTreeSet<ProductKey> = BTreeSet::new();
         let mut test_photos: BTreeSet<PhotoId> = BTreeSet::new();
         for (category, cat) in &labels.categories {
@@ -147,7 +142,6 @@ impl TrainingSet {
                 test_photos.insert(pair.photo);
             }
         }
-        drop(test);
         let gallery = labels.gallery(None, exclusions);
         // Every photo of a test product, shop photos included, stays out of training.
         for item in &gallery.items {

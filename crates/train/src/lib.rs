@@ -58,7 +58,6 @@
 
 #![warn(missing_docs)]
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -366,11 +365,11 @@ pub fn train(
             .unwrap_or_default()
     };
 
-    let mut items: HashMap<String, usize> = HashMap::new();
-    for ((kind, part), count) in set.counts() {
-        items.insert(format!("{}/{}", kind_name(kind), part_name(part)), count);
-    }
-    let mut items: Vec<(String, usize)> = items.into_iter().collect();
+    let mut items: Vec<(String, usize)> = set
+        .counts()
+        .into_iter()
+        .map(|((kind, part), count)| (format!("{}/{}", kind_name(kind), part_name(part)), count))
+        .collect();
     items.sort();
     let summary = TrainSummary {
         items,
