@@ -63,6 +63,20 @@ pub(crate) struct Selection<'a> {
     pub allowed: Option<&'a [bool]>,
 }
 
+/// Refuses a zero dimension and values that do not fill whole rows of `dim`.
+pub(crate) fn check_rows(values: &[f32], dim: usize) -> Result<(), SearchError> {
+    if dim == 0 {
+        return Err(SearchError::ZeroDimension);
+    }
+    if !values.len().is_multiple_of(dim) {
+        return Err(SearchError::RaggedMatrix {
+            values: values.len(),
+            dim,
+        });
+    }
+    Ok(())
+}
+
 /// Rows scanned per block: small enough that a block of scores for a batch of queries stays in
 /// the core's L2 cache, large enough for the matrix product to run at full speed.
 const BLOCK_ROWS: usize = 256;
@@ -94,15 +108,7 @@ impl std::fmt::Debug for Gallery {
 impl Gallery {
     /// A gallery from row-major values (`values.len()` must be a multiple of `dim`).
     pub fn new(dim: usize, values: Vec<f32>, precision: Precision) -> Result<Gallery, SearchError> {
-        if dim == 0 {
-            return Err(SearchError::ZeroDimension);
-        }
-        if !values.len().is_multiple_of(dim) {
-            return Err(SearchError::RaggedMatrix {
-                values: values.len(),
-                dim,
-            });
-        }
+        check_rows(&values, dim)?;
         let len = values.len() / dim;
         let rows = match precision {
             Precision::F32 => Rows::F32(Arc::new(values)),

@@ -24,6 +24,7 @@
 //! # Ok::<(), wtb_search::SearchError>(())
 //! ```
 
+use crate::gallery::check_rows;
 use crate::{Filter, Gallery, Index, Metric, Precision, SearchError};
 
 /// The query expansion used by default with a learned head: the two nearest shop photos,
@@ -68,19 +69,6 @@ fn normalized(values: &[f32], dim: usize) -> Vec<f32> {
         }
     }
     out
-}
-
-fn check(values: &[f32], dim: usize) -> Result<(), SearchError> {
-    if dim == 0 {
-        return Err(SearchError::ZeroDimension);
-    }
-    if !values.len().is_multiple_of(dim) {
-        return Err(SearchError::RaggedMatrix {
-            values: values.len(),
-            dim,
-        });
-    }
-    Ok(())
 }
 
 /// `query` plus `neighbours` (cosine, vector) weighted by cosine^α, normalised: one
@@ -148,8 +136,8 @@ pub fn expand_queries(
     dim: usize,
     expansion: Expansion,
 ) -> Result<Vec<f32>, SearchError> {
-    check(queries, dim)?;
-    check(gallery, dim)?;
+    check_rows(queries, dim)?;
+    check_rows(gallery, dim)?;
     expand(queries, gallery, dim, expansion, false)
 }
 
@@ -159,7 +147,7 @@ pub fn augment_database(
     dim: usize,
     expansion: Expansion,
 ) -> Result<Vec<f32>, SearchError> {
-    check(gallery, dim)?;
+    check_rows(gallery, dim)?;
     expand(gallery, gallery, dim, expansion, true)
 }
 
@@ -195,8 +183,8 @@ pub fn k_reciprocal(
     dim: usize,
     settings: Reciprocal,
 ) -> Result<Vec<f32>, SearchError> {
-    check(queries, dim)?;
-    check(gallery, dim)?;
+    check_rows(queries, dim)?;
+    check_rows(gallery, dim)?;
     let (nq, ng) = (queries.len() / dim, gallery.len() / dim);
     let mut all = normalized(queries, dim);
     all.extend(normalized(gallery, dim));
