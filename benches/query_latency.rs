@@ -1,6 +1,6 @@
 //! Query latency with and without a learned head, in one process, in alternating turns: the
-//! engine `wtb search` and the web shop use (decode, crop, embed, head, exact search over the
-//! whole s2s-dev gallery, one hit per product) with today's default settings (MobileNetV2,
+//! engine `wtb search` and the web shop use (decode, crop, embed, head, query expansion, exact
+//! search over the whole s2s-dev gallery with category consensus, one hit per product) with today's default settings (MobileNetV2,
 //! torchvision preprocessing, no head) against the same with the head of `WTB_HEAD`
 //! (trained by `wtb train`; its preprocessing is read from the file).
 //!
@@ -152,9 +152,8 @@ fn main() -> anyhow::Result<()> {
         all_paired.push(mp);
         println!("| {pass} | {ma:.2} | {mb:.2} | {:.3} | {mp:.3} |", mb / ma);
     }
-    println!(
-        "median paired ratio over passes: {:.3}",
-        median(&mut all_paired)
-    );
+    let ratio = median(&mut all_paired);
+    println!("median paired ratio over passes: {ratio:.3}");
+    println!("RATIO query_head_vs_plain {ratio:.3}");
     Ok(())
 }

@@ -122,6 +122,7 @@ fn main() -> anyhow::Result<()> {
         exclusions: None,
         batch_size: 32,
         max_pixels: 40_000_000,
+        demo: false,
     };
     let readiness = Readiness::new();
     let started = Instant::now();

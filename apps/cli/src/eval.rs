@@ -8,11 +8,12 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use indicatif::ProgressBar;
-use wtb_embed::{DeviceChoice, ModelKind, Pooling, Preprocess};
+use wtb_embed::{DeviceChoice, ModelKind, Pooling, Preprocess, MULTI_SCALES};
 use wtb_eval::metrics::BootstrapConfig;
 use wtb_eval::protocol::{self, ORIGINAL_SEED};
 use wtb_eval::report::{write_report, Manifest};
 use wtb_eval::runner::{self, ModelSpec, RunConfig, Steps, DEFAULT_KS};
+use wtb_search::consensus::{Consensus, DEFAULT_CONSENSUS};
 use wtb_search::rerank::{Expansion, Reciprocal};
 use wtb_search::Metric;
 
@@ -131,10 +132,12 @@ pub struct EvalArgs {
     #[arg(long, value_name = "FILE")]
     head: Option<PathBuf>,
     /// Retrieval step combinations to evaluate, comma-separated, each `none` or steps joined
-    /// by `+`: head (the learned head), flip (average with the mirror image), dba
+    /// by `+`: head (the learned head), flip (average with the mirror image), ms (multi-scale
+    /// descriptors, see --ms-scales), dba
     /// (database-side augmentation), qe (query expansion), trim (shop photos cropped to their
-    /// garment), krr (k-reciprocal re-ranking). Default: with --head, what `wtb search` does with it (head+qe, and trim when
-    /// the head was trained so), else none.
+    /// garment), krr (k-reciprocal re-ranking), cat (category consensus). Default: with
+    /// --head, what `wtb search` does with it (head+qe+cat, and trim when the head was trained
+    /// so), else none.
     #[arg(long, value_delimiter = ',', value_name = "STEPS")]
     steps: Vec<String>,
     /// Evaluate every step alone and the combination (one row each): the ablation table.
@@ -155,48 +158,28 @@ pub struct EvalArgs {
     /// k-reciprocal re-ranking: weight of the original distance (lambda).
     #[arg(long, default_value_t = Reciprocal::default().lambda)]
     krr_lambda: f32,
+    /// Category consensus: distinct products that vote for their category.
+    #[arg(long, default_value_t = DEFAULT_CONSENSUS.k)]
+    consensus_k: usize,
+    /// Category consensus: similarity gained by a candidate whose category has every vote.
+    #[arg(long, default_value_t = DEFAULT_CONSENSUS.weight)]
+    consensus_weight: f32,
+    /// Input scales averaged by the ms step (multi-scale descriptors), comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = MULTI_SCALES)]
+    ms_scales: Vec<f32>,
     /// Report folder (created; existing report files are replaced).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
 }
 
-/// Finds a weights file for `model` in `dir`: `<name>.safetensors|.pth`, else the only file
-/// named `<name>_*.safetensors|.pth`.
+/// Finds a weights file for `model` in `dir` (see `wtb_embed::weights_in_dir`).
 fn weights_in(dir: &Path, model: ModelKind) -> anyhow::Result<Option<PathBuf>> {
-    let name = model.name();
-    for ext in ["safetensors", "pth"] {
-        let exact = dir.join(format!("{name}.{ext}"));
-        if exact.is_file() {
-            return Ok(Some(exact));
-        }
-    }
-    let mut matches: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading --weights-dir {}", dir.display()))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            let file = p
-                .file_name()
-                .map(|f| f.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            file.starts_with(&format!("{name}_"))
-                && (file.ends_with(".safetensors") || file.ends_with(".pth"))
-        })
-        .collect();
-    matches.sort();
-    match matches.len() {
-        0 => Ok(None),
-        1 => Ok(matches.pop()),
-        _ => bail!(
-            "several weights files for {name} in {}: {}; choose one with --weights {name}=FILE",
-            dir.display(),
-            matches
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
+    anyhow::ensure!(
+        dir.is_dir(),
+        "--weights-dir {}: no such folder",
+        dir.display()
+    );
+    Ok(wtb_embed::weights_in_dir(dir, model)?)
 }
 
 fn model_specs(args: &EvalArgs) -> anyhow::Result<Vec<ModelSpec>> {
@@ -355,6 +338,11 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     if let Some(head) = &args.head {
         data.push(("head".to_string(), head.display().to_string()));
     }
+    let consensus = Consensus {
+        k: args.consensus_k,
+        weight: args.consensus_weight,
+    };
+    consensus.validate()?;
     let config = RunConfig {
         head: args.head.clone(),
         steps,
@@ -367,6 +355,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
             k2: args.krr_k2,
             lambda: args.krr_lambda,
         },
+        consensus,
+        scales: args.ms_scales.clone(),
         models,
         preprocess,
         pooling,

@@ -7,8 +7,9 @@ use anyhow::{bail, Context};
 use clap::Args;
 use wtb_dataset::{crop, load_rgb, BBox, DecodeLimits};
 use wtb_embed::DeviceChoice;
+use wtb_search::consensus::{self, Consensus, DEFAULT_CONSENSUS};
 use wtb_search::rerank::{expand_in_index, Expansion, DEFAULT_EXPANSION};
-use wtb_search::{Filter, Metric, SearchMode, SearchRequest, VectorSearch};
+use wtb_search::{Filter, Metric, SearchMode, SearchRequest};
 
 use crate::index::{embedder_for, load};
 
@@ -41,6 +42,13 @@ pub struct SearchArgs {
     /// only). Default: 2 with a learned head, else 0 (off).
     #[arg(long, value_name = "N")]
     expansion_k: Option<usize>,
+    /// Category consensus: the N first products vote for their category and candidates of
+    /// the favoured categories move up (0: off). Default: 10 with a learned head, else 0.
+    #[arg(long, value_name = "N")]
+    consensus_k: Option<usize>,
+    /// Category consensus: the similarity a candidate gains when its category has every vote.
+    #[arg(long, default_value_t = DEFAULT_CONSENSUS.weight)]
+    consensus_weight: f32,
     /// The learned head the index was built with (`wtb index build --head`).
     #[arg(long, value_name = "FILE")]
     head: Option<PathBuf>,
@@ -110,7 +118,17 @@ pub fn run(args: SearchArgs) -> anyhow::Result<ExitCode> {
         filter,
         mode,
     };
-    let hits = index.search(&query, &request).context("searching")?;
+    let consensus = match args.consensus_k {
+        Some(k) => Consensus {
+            k,
+            weight: args.consensus_weight,
+        },
+        None => Consensus {
+            k: embedder.head().map_or(0, |_| DEFAULT_CONSENSUS.k),
+            weight: args.consensus_weight,
+        },
+    };
+    let hits = consensus::search(&index, &query, &request, consensus).context("searching")?;
     if args.json {
         println!(
             "{}",

@@ -134,6 +134,22 @@ fn train_then_index_and_search_with_the_head() {
     let first = &hits["hits"][0];
     assert_eq!(first["product"].as_u64(), Some(product), "{hits}");
 
+    // Category consensus (on by default with a head) takes only sensible weights.
+    let (ok, _, stderr) = output(
+        wtb()
+            .arg("search")
+            .arg(&image)
+            .arg("--index")
+            .arg(&index)
+            .arg("--weights")
+            .arg(&weights)
+            .arg("--head")
+            .arg(&head)
+            .arg("--consensus-weight=-1"),
+    );
+    assert!(!ok);
+    assert!(stderr.contains("consensus weight -1"), "{stderr}");
+
     // Without the head, or with another head, the index is refused with a clear reason.
     let (ok, _, stderr) = search(None);
     assert!(!ok);

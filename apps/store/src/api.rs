@@ -8,9 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::{Hit, SearchQuery};
 use crate::error::{ApiError, StoreError};
-use crate::pages::parse_id;
-use crate::server::AppState;
-use crate::upload::read_search_form;
+use crate::state::AppState;
+use crate::upload::{parse_id, read_search_form};
 
 /// Default number of results of the API searches.
 pub const DEFAULT_K: usize = 12;

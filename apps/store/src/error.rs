@@ -115,7 +115,7 @@ impl ErrorFormat for Html {
     fn body(err: &StoreError, mut response: HttpResponseBuilder) -> HttpResponse {
         response
             .content_type("text/html; charset=utf-8")
-            .body(crate::pages::render_error(err))
+            .body(crate::render::error_page(err.status.as_u16(), &err.detail))
     }
 }
 

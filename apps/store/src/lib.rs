@@ -27,21 +27,26 @@
 
 mod api;
 mod backend;
+mod demo;
 mod error;
 mod metrics;
 mod openapi;
 mod pages;
 mod pipeline_backend;
 mod pool;
+mod render;
 mod server;
+mod state;
 mod upload;
 
 pub use backend::{
     Backend, BackendError, CategoryCount, CropBox, Hit, Product, SearchOutcome, SearchQuery,
 };
+pub use demo::{cache_dir, demo_catalogue, has_own_catalogue, DEMO_DIR};
 pub use error::StoreError;
 pub use metrics::Metrics;
 pub use pipeline_backend::{load_backend, CatalogueConfig, PipelineBackend};
 pub use pool::{PoolError, WorkerPool};
-pub use server::{start, Readiness, RunningStore, StoreOptions, CONTENT_SECURITY_POLICY};
+pub use server::{start, RunningStore, StoreOptions, CONTENT_SECURITY_POLICY};
+pub use state::Readiness;
 pub use upload::{sniff_image_type, Limits};

@@ -1,5 +1,7 @@
 //! `wtb-store`: runs the web shop. It listens at once (`/healthz`), loads the model, builds the
-//! index when it is missing (progress in the log), then reports ready (`/readyz`).
+//! index when it is missing (progress in the log), then reports ready (`/readyz`). Without a
+//! catalogue of one's own (no index file, no `retrieval_*.json` labels) it serves the demo
+//! catalogue of the repository.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -7,7 +9,10 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser;
 use wtb_embed::{DeviceChoice, EmbedderConfig, Pooling, Preprocess};
-use wtb_store::{load_backend, start, CatalogueConfig, Limits, Readiness, StoreOptions};
+use wtb_store::{
+    demo_catalogue, has_own_catalogue, load_backend, start, CatalogueConfig, Limits, Readiness,
+    StoreOptions,
+};
 
 /// The wheretobuy web shop: upload a street photo, get the products that look like it.
 #[derive(Debug, Parser)]
@@ -37,13 +42,14 @@ struct Args {
     #[arg(long, default_value = "mobilenet_v2")]
     model: String,
     /// The weights file (repeat it for each model of an ensemble, in order); default:
-    /// `<model>.safetensors` in $WTB_MODELS_DIR or `models/`.
+    /// `<model>.safetensors` (or a download's `<model>_*.safetensors`) in $WTB_MODELS_DIR or
+    /// `models/`, else for MobileNetV2 the weights shipped with wheretobuy.
     #[arg(long, value_name = "FILE")]
     weights: Vec<PathBuf>,
     /// Preprocessing: squash (the best on the dev sets), torchvision or pad.
     #[arg(long, default_value = "squash")]
     preprocess: String,
-    /// Pooling: avg, max, gem or gem:P.
+    /// Pooling: avg, max, gem, gem:P, rmac or rmac:L.
     #[arg(long, default_value = "avg")]
     pooling: String,
     /// A learned head (from `wtb train`) applied to every vector; the index records it and
@@ -74,6 +80,9 @@ struct Args {
     /// Largest decoded photo, in megapixels.
     #[arg(long, default_value_t = 40)]
     max_megapixels: u64,
+    /// Serve the built-in demo catalogue (300 CC0 clothing photos), whatever is in --labels.
+    #[arg(long)]
+    demo: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -98,6 +107,24 @@ fn main() -> anyhow::Result<()> {
             .into_iter()
             .find(|p| p.is_file())
     });
+    let max_pixels = args.max_megapixels.saturating_mul(1_000_000);
+    let own = has_own_catalogue(&args.labels, &args.index);
+    if args.demo || !own {
+        let catalogue = demo_catalogue(embedder, args.batch_size, max_pixels);
+        tracing::info!(
+            "serving the demo catalogue of {}{}; to serve your own, put its street2shop label \
+             files in {} and its photos in {} (or pass --labels, --photos, --index)",
+            catalogue.photos.display(),
+            if args.demo {
+                ""
+            } else {
+                " (no catalogue of your own found)"
+            },
+            args.labels.display(),
+            args.photos.display()
+        );
+        return serve(&args, catalogue);
+    }
     let catalogue = CatalogueConfig {
         index: args.index.clone(),
         photos: args.photos.clone(),
@@ -107,8 +134,14 @@ fn main() -> anyhow::Result<()> {
         categories: args.categories.clone(),
         exclusions: args.exclusions.clone(),
         batch_size: args.batch_size,
-        max_pixels: args.max_megapixels.saturating_mul(1_000_000),
+        max_pixels,
+        demo: false,
     };
+    serve(&args, catalogue)
+}
+
+/// Starts the server, loads `catalogue` and serves until stopped.
+fn serve(args: &Args, catalogue: CatalogueConfig) -> anyhow::Result<()> {
     let limits = Limits {
         max_upload_bytes: args.max_upload_mib.saturating_mul(1024 * 1024),
         max_pixels: catalogue.max_pixels,

@@ -1,18 +1,17 @@
 //! Server-rendered pages (minijinja templates, auto-escaped), static assets and catalogue photos.
 
-use std::sync::LazyLock;
-
 use actix_multipart::Multipart;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpResponse};
 use base64::Engine as _;
-use minijinja::{context, Environment};
+use minijinja::context;
 use serde::Deserialize;
 
 use crate::backend::SearchQuery;
 use crate::error::{PageError, StoreError};
-use crate::server::AppState;
-use crate::upload::{read_search_form, sniff_image_type};
+use crate::render::render as render_template;
+use crate::state::AppState;
+use crate::upload::{parse_id, read_search_form, sniff_image_type};
 
 /// Results shown on the results page.
 pub const RESULTS_ON_PAGE: usize = 12;
@@ -20,29 +19,6 @@ pub const RESULTS_ON_PAGE: usize = 12;
 pub const SIMILAR_ON_PAGE: usize = 12;
 /// Products per catalogue page.
 pub const CATALOGUE_PAGE_SIZE: usize = 24;
-
-static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
-    let mut env = Environment::new();
-    // Names end in .html, so minijinja escapes every value for HTML unless marked safe.
-    for (name, source) in [
-        ("base.html", include_str!("../templates/base.html")),
-        ("home.html", include_str!("../templates/home.html")),
-        ("results.html", include_str!("../templates/results.html")),
-        ("product.html", include_str!("../templates/product.html")),
-        (
-            "catalogue.html",
-            include_str!("../templates/catalogue.html"),
-        ),
-        ("error.html", include_str!("../templates/error.html")),
-    ] {
-        if let Err(e) = env.add_template(name, source) {
-            // The templates are compiled into the binary; a syntax error is a build defect
-            // that the page tests catch, and rendering reports it per request.
-            tracing::error!(template = name, error = %e, "template does not parse");
-        }
-    }
-    env
-});
 
 const STORE_JS: &str = include_str!("../static/store.js");
 const STORE_CSS: &str = include_str!("../static/store.css");
@@ -57,51 +33,21 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
         .route("/static/{file}", web::get().to(asset));
 }
 
+/// Renders a page; a template failure is answered 500.
 fn render(name: &str, ctx: minijinja::Value) -> Result<String, StoreError> {
-    TEMPLATES
-        .get_template(name)
-        .and_then(|t| t.render(ctx))
-        .map_err(|e| {
-            tracing::error!(template = name, error = %e, "template failed");
-            StoreError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                format!("page {name} could not be rendered"),
-            )
-        })
+    render_template(name, ctx).map_err(|e| {
+        StoreError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("page {} could not be rendered", e.template),
+        )
+    })
 }
 
 fn html(body: String) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .body(body)
-}
-
-/// The friendly error page for `err`.
-pub(crate) fn render_error(err: &StoreError) -> String {
-    let title = match err.status.as_u16() {
-        404 => "We could not find that",
-        413 => "That photo is too large",
-        415 | 422 => "We could not read that photo",
-        503 => "We are busy right now",
-        400..=499 => "Something is wrong with the request",
-        _ => "Something went wrong on our side",
-    };
-    render(
-        "error.html",
-        context! { title => title, detail => err.detail, status => err.status.as_u16() },
-    )
-    .unwrap_or_else(|_| {
-        // Last resort when the error template itself fails: plain text needs no escaping
-        // beyond what we do here.
-        format!(
-            "<!doctype html><title>Error</title><p>{}</p>",
-            err.detail
-                .replace('&', "&amp;")
-                .replace('<', "&lt;")
-                .replace('>', "&gt;")
-        )
-    })
 }
 
 async fn home(state: web::Data<AppState>) -> Result<HttpResponse, PageError> {
@@ -112,6 +58,7 @@ async fn home(state: web::Data<AppState>) -> Result<HttpResponse, PageError> {
         context! {
             categories => categories,
             ready => backend.is_some(),
+            demo => backend.as_ref().is_some_and(|b| b.is_demo()),
             phase => state.readiness.phase(),
         },
     )?))
@@ -255,60 +202,4 @@ async fn asset(path: web::Path<String>) -> Result<HttpResponse, PageError> {
         .content_type(content_type)
         .insert_header((header::CACHE_CONTROL, "public, max-age=300"))
         .body(body))
-}
-
-pub(crate) fn parse_id(s: &str, what: &str) -> Result<u64, StoreError> {
-    s.parse::<u64>()
-        .map_err(|_| StoreError::not_found(format!("{what} ids are whole numbers, got {s:?}")))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_template_parses() {
-        for name in [
-            "base.html",
-            "home.html",
-            "results.html",
-            "product.html",
-            "catalogue.html",
-            "error.html",
-        ] {
-            assert!(TEMPLATES.get_template(name).is_ok(), "{name}");
-        }
-    }
-
-    #[test]
-    fn metadata_is_html_escaped() {
-        let err = StoreError::not_found("<script>alert(1)</script> & \"quotes\"");
-        let page = render_error(&err);
-        assert!(!page.contains("<script>alert"), "{page}");
-        assert!(
-            page.contains("&lt;script&gt;alert(1)&lt;&#x2f;script&gt;"),
-            "{page}"
-        );
-    }
-
-    #[test]
-    fn result_cards_escape_names_and_link_by_id() {
-        let hits = vec![crate::Hit {
-            category: "tops".into(),
-            product: 7,
-            photo: 70,
-            score: 0.91234,
-            name: "<b>Bold</b> top".into(),
-        }];
-        let page = render(
-            "results.html",
-            context! { hits => hits, crop_base64 => "AAAA", category => "tops", took_ms => "12" },
-        )
-        .unwrap();
-        assert!(page.contains("&lt;b&gt;Bold&lt;&#x2f;b&gt; top"), "{page}");
-        assert!(page.contains("href=\"/products/tops/7\""));
-        assert!(page.contains("src=\"/photos/70\""));
-        assert!(page.contains("0.912"));
-        assert_eq!(page.matches("result-card").count(), 1);
-    }
 }

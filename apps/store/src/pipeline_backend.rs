@@ -29,6 +29,7 @@ pub struct PipelineBackend {
     /// Every photo id of the index: the only photos the store serves.
     photo_ids: HashSet<u64>,
     model: String,
+    demo: bool,
 }
 
 impl PipelineBackend {
@@ -66,7 +67,14 @@ impl PipelineBackend {
             products,
             photo_ids,
             model,
+            demo: false,
         }
+    }
+
+    /// Marks the catalogue as the built-in demo ([`Backend::is_demo`]).
+    pub fn into_demo(mut self) -> PipelineBackend {
+        self.demo = true;
+        self
     }
 
     fn info(&self, category: &str, product: u64) -> Option<&wtb_dataset::ProductInfo> {
@@ -157,6 +165,10 @@ fn encode_crop(crop: &image::RgbImage) -> Result<Vec<u8>, BackendError> {
 impl Backend for PipelineBackend {
     fn model(&self) -> String {
         self.model.clone()
+    }
+
+    fn is_demo(&self) -> bool {
+        self.demo
     }
 
     fn metrics(&self) -> Vec<String> {
@@ -283,6 +295,8 @@ pub struct CatalogueConfig {
     pub batch_size: usize,
     /// Pixel cap of query photos.
     pub max_pixels: u64,
+    /// Whether this is the built-in demo catalogue (see `demo_catalogue`).
+    pub demo: bool,
 }
 
 /// Loads the model, builds the index when it is missing (progress in the log and in
@@ -347,7 +361,10 @@ pub fn load_backend(
         ),
         None => None,
     };
-    let backend = PipelineBackend::new(engine, config.photos.clone(), catalog);
+    let mut backend = PipelineBackend::new(engine, config.photos.clone(), catalog);
+    if config.demo {
+        backend = backend.into_demo();
+    }
     tracing::info!(
         photos = backend.photo_ids.len(),
         categories = backend.products.len(),

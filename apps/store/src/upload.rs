@@ -212,6 +212,12 @@ pub fn sniff_image_type(bytes: &[u8]) -> Option<&'static str> {
     }
 }
 
+/// A catalogue id from a URL segment: canonical decimal digits only.
+pub(crate) fn parse_id(s: &str, what: &str) -> Result<u64, StoreError> {
+    s.parse::<u64>()
+        .map_err(|_| StoreError::not_found(format!("{what} ids are whole numbers, got {s:?}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

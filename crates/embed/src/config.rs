@@ -151,15 +151,24 @@ pub enum Pooling {
     Max,
     /// Generalised mean pooling with exponent p: `(mean(max(x, 1e-6)^p))^(1/p)`.
     Gem(f32),
+    /// Regional maximum activations of convolutions (R-MAC; Tolias, Sicre and Jégou, ICLR
+    /// 2016) over this many scales of square regions (about 40% overlap): each region
+    /// max-pooled and L2-normalised, then summed with the whole map's.
+    Rmac(u8),
 }
 
+/// The scales of regions of `rmac` without a number.
+pub const RMAC_DEFAULT_LEVELS: u8 = 3;
+
 impl Pooling {
-    /// The name used on the command line and in embedding metadata: `avg`, `max`, `gem:P`.
+    /// The name used on the command line and in embedding metadata: `avg`, `max`, `gem:P`,
+    /// `rmac:L`.
     pub fn name(self) -> String {
         match self {
             Pooling::Avg => "avg".to_string(),
             Pooling::Max => "max".to_string(),
             Pooling::Gem(p) => format!("gem:{p}"),
+            Pooling::Rmac(levels) => format!("rmac:{levels}"),
         }
     }
 }
@@ -172,17 +181,23 @@ impl fmt::Display for Pooling {
 
 impl FromStr for Pooling {
     type Err = EmbedError;
-    /// Accepts `avg`, `max`, `gem` (p = 3) and `gem:P` with a finite P > 0.
+    /// Accepts `avg`, `max`, `gem` (p = 3), `gem:P` with a finite P > 0, `rmac` (3 scales) and
+    /// `rmac:L` with L in 1..=5.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || EmbedError::UnknownName {
             what: "pooling",
             value: s.to_string(),
-            expected: "avg, max, gem, gem:P (P > 0)".to_string(),
+            expected: "avg, max, gem, gem:P (P > 0), rmac, rmac:L (L in 1..=5)".to_string(),
         };
         match s {
             "avg" => Ok(Pooling::Avg),
             "max" => Ok(Pooling::Max),
             "gem" => Ok(Pooling::Gem(3.0)),
+            "rmac" => Ok(Pooling::Rmac(RMAC_DEFAULT_LEVELS)),
+            _ if s.starts_with("rmac:") => match s["rmac:".len()..].parse::<u8>() {
+                Ok(levels @ 1..=5) => Ok(Pooling::Rmac(levels)),
+                _ => Err(bad()),
+            },
             _ => {
                 let p: f32 = s
                     .strip_prefix("gem:")
@@ -408,7 +423,12 @@ mod tests {
         for p in [Preprocess::Torchvision, Preprocess::Squash, Preprocess::Pad] {
             assert_eq!(p.name().parse::<Preprocess>().unwrap(), p);
         }
-        for p in [Pooling::Avg, Pooling::Max, Pooling::Gem(2.5)] {
+        for p in [
+            Pooling::Avg,
+            Pooling::Max,
+            Pooling::Gem(2.5),
+            Pooling::Rmac(2),
+        ] {
             assert_eq!(p.name().parse::<Pooling>().unwrap(), p);
         }
         for d in [DeviceChoice::Cpu, DeviceChoice::Cuda(3), DeviceChoice::Auto] {
@@ -419,6 +439,10 @@ mod tests {
             DeviceChoice::Cuda(0)
         );
         assert_eq!("gem".parse::<Pooling>().unwrap(), Pooling::Gem(3.0));
+        assert_eq!("rmac".parse::<Pooling>().unwrap(), Pooling::Rmac(3));
+        for bad in ["rmac:0", "rmac:6", "rmac:x", "rmac:"] {
+            assert!(bad.parse::<Pooling>().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -56,7 +56,18 @@ pub struct Embedder {
     /// The other models of an ensemble.
     ensemble: Vec<Box<dyn Backbone>>,
     head: Option<Head>,
+    /// Input scales whose pooled features are averaged (multi-scale descriptors); `[1.0]`:
+    /// one pass at the preprocessing's size.
+    scales: Vec<f32>,
 }
+
+/// The scales of multi-scale descriptors in the instance-retrieval literature (Radenović,
+/// Tolias and Chum, 2018): the input at 1/√2, 1 and √2 of its size.
+pub const MULTI_SCALES: [f32; 3] = [
+    std::f32::consts::FRAC_1_SQRT_2,
+    1.0,
+    std::f32::consts::SQRT_2,
+];
 
 /// What a pipeline run produced.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -161,7 +172,47 @@ impl Embedder {
             backbone,
             ensemble: backbones,
             head,
+            scales: vec![1.0],
         })
+    }
+
+    /// This embedder with multi-scale descriptors: the preprocessed input resized (bilinear)
+    /// to each of `scales` times its side, each pass's pooled features at unit length, their
+    /// mean going on to the head or the normalisation. The embedding metadata's pooling
+    /// records the scales (`avg@0.707+1+1.414`), so that vectors of other scales are refused.
+    pub fn with_scales(mut self, scales: &[f32]) -> Result<Self, EmbedError> {
+        if scales.is_empty() {
+            return Err(EmbedError::InvalidArgument(
+                "multi-scale descriptors need at least one scale".into(),
+            ));
+        }
+        for (i, &scale) in scales.iter().enumerate() {
+            if !(0.25..=4.0).contains(&scale) {
+                return Err(EmbedError::InvalidArgument(format!(
+                    "input scale {scale} is not in [0.25, 4]"
+                )));
+            }
+            if scales[..i].contains(&scale) {
+                return Err(EmbedError::InvalidArgument(format!(
+                    "input scale {scale} is repeated"
+                )));
+            }
+        }
+        self.scales = scales.to_vec();
+        if scales != [1.0] {
+            let names: Vec<String> = scales.iter().map(|s| format!("{s:.3}")).collect();
+            let names: Vec<&str> = names
+                .iter()
+                .map(|n| n.trim_end_matches('0').trim_end_matches('.'))
+                .collect();
+            self.meta.pooling = format!("{}@{}", self.config.pooling.name(), names.join("+"));
+        }
+        Ok(self)
+    }
+
+    /// The input scales of this embedder's descriptors.
+    pub fn scales(&self) -> &[f32] {
+        &self.scales
     }
 
     /// How the vectors of this embedder are made.
@@ -209,19 +260,29 @@ impl Embedder {
     pub fn embed_tensor(&self, input: &Tensor) -> Result<Tensor, EmbedError> {
         let run = || -> candle_core::Result<Tensor> {
             let input = input.to_device(&self.device)?;
-            let map = self.backbone.features(&input)?;
-            let mut pooled = pool(&map, self.config.pooling)?;
-            if !self.ensemble.is_empty() {
-                // Each model's part at unit length, so that every model weighs the same.
-                let mut parts = vec![unit_rows(&pooled)?];
-                for member in &self.ensemble {
-                    parts.push(unit_rows(&pool(
-                        &member.features(&input)?,
-                        self.config.pooling,
-                    )?)?);
+            let pooled = if self.scales == [1.0] {
+                self.pooled(&input)?
+            } else {
+                let (_, _, height, width) = input.dims4()?;
+                let mut sum: Option<Tensor> = None;
+                for &scale in &self.scales {
+                    let resized = if scale == 1.0 {
+                        input.clone()
+                    } else {
+                        let side = |n: usize| ((n as f32 * scale).round() as usize).max(32);
+                        input.upsample_bilinear2d(side(height), side(width), false)?
+                    };
+                    let part = unit_rows(&self.pooled(&resized)?)?;
+                    sum = Some(match sum {
+                        Some(total) => (total + part)?,
+                        None => part,
+                    });
                 }
-                pooled = Tensor::cat(&parts, 1)?;
-            }
+                match sum {
+                    Some(total) => (total / self.scales.len() as f64)?,
+                    None => candle_core::bail!("no input scale"),
+                }
+            };
             if let Some(head) = &self.head {
                 // The head normalises its own input and output.
                 head.apply_tensor(&pooled)
@@ -232,6 +293,23 @@ impl Embedder {
             }
         };
         run().map_err(self.model_error())
+    }
+
+    /// The pooled features of every model of the embedder, each model's part at unit length
+    /// when there are several, so that every model weighs the same.
+    fn pooled(&self, input: &Tensor) -> candle_core::Result<Tensor> {
+        let pooled = pool(&self.backbone.features(input)?, self.config.pooling)?;
+        if self.ensemble.is_empty() {
+            return Ok(pooled);
+        }
+        let mut parts = vec![unit_rows(&pooled)?];
+        for member in &self.ensemble {
+            parts.push(unit_rows(&pool(
+                &member.features(input)?,
+                self.config.pooling,
+            )?)?);
+        }
+        Tensor::cat(&parts, 1)
     }
 
     /// The ImageNet logits (N×1000) of a preprocessed input: the classifier over
@@ -428,12 +506,97 @@ fn pool(map: &Tensor, pooling: Pooling) -> candle_core::Result<Tensor> {
             .powf(p as f64)?
             .mean((2, 3))?
             .powf(1.0 / p as f64),
+        Pooling::Rmac(levels) => rmac(map, levels),
     }
+}
+
+/// Top-left corners along one side of `length` of R-MAC's regions of side `side` at a scale
+/// with `count` regions along that side (evenly spread, first and last at the edges).
+fn region_starts(length: usize, side: usize, count: usize) -> Vec<usize> {
+    if count <= 1 {
+        return vec![0];
+    }
+    let step = (length - side) as f64 / (count - 1) as f64;
+    (0..count)
+        .map(|i| ((i as f64 * step).floor() as usize).min(length - side))
+        .collect()
+}
+
+/// R-MAC (Tolias, Sicre and Jégou, ICLR 2016): the whole map's max-pooled vector plus, at each
+/// scale l = 1..=levels, square regions of side 2·min(H, W)/(l + 1), l regions along the
+/// shorter side and as many along the longer side as keep the overlap near 40%; every region
+/// max-pooled and L2-normalised before the sum.
+fn rmac(map: &Tensor, levels: u8) -> candle_core::Result<Tensor> {
+    let (_, _, height, width) = map.dims4()?;
+    let region = |top: usize, left: usize, side_h: usize, side_w: usize| {
+        map.narrow(2, top, side_h)?
+            .narrow(3, left, side_w)?
+            .flatten_from(2)?
+            .max(2)
+    };
+    let mut sum = unit_rows(&region(0, 0, height, width)?)?;
+    let short = height.min(width);
+    let long = height.max(width);
+    // Extra regions along the longer side: the count whose overlap is closest to 40%.
+    let extra = if long == short {
+        0
+    } else {
+        (1..=6)
+            .min_by(|&a, &b| {
+                let overlap = |steps: usize| {
+                    let shift = (long - short) as f64 / steps as f64;
+                    ((short * short) as f64 - short as f64 * shift) / (short * short) as f64
+                };
+                (overlap(a) - 0.4)
+                    .abs()
+                    .total_cmp(&(overlap(b) - 0.4).abs())
+            })
+            .unwrap_or(1)
+    };
+    for level in 1..=usize::from(levels) {
+        let side = ((2 * short) / (level + 1)).max(1);
+        let (count_h, count_w) = if height < width {
+            (level, level + extra)
+        } else {
+            (level + extra, level)
+        };
+        for &top in &region_starts(height, side, count_h) {
+            for &left in &region_starts(width, side, count_w) {
+                sum = (sum + unit_rows(&region(top, left, side, side)?)?)?;
+            }
+        }
+    }
+    Ok(sum)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rmac_regions_cover_a_seven_by_seven_map_as_the_paper_does() {
+        // 7×7 (a 224-pixel input): 1 + 4 + 9 regions of sides 7, 4 and 3 at three scales.
+        assert_eq!(region_starts(7, 4, 2), vec![0, 3]);
+        assert_eq!(region_starts(7, 3, 3), vec![0, 2, 4]);
+        // Two channels: the first only lights the top-left corner, so only the regions that
+        // contain it see it (the whole map twice, one of four, one of nine: 4 of 15).
+        let mut values = vec![0f32; 2 * 49];
+        values[0] = 1.0;
+        values[49..].iter_mut().for_each(|v| *v = 0.5);
+        let map = Tensor::from_vec(values, (1, 2, 7, 7), &Device::Cpu).unwrap();
+        let out: Vec<f32> = pool(&map, Pooling::Rmac(3))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let with_corner = 1.0 / 1.25f32.sqrt();
+        let without = 1.0;
+        let first = 4.0 * with_corner;
+        let second = 4.0 * (0.5 / 1.25f32.sqrt()) + 11.0 * without;
+        assert!((out[0] - first).abs() < 1e-5, "{out:?}");
+        assert!((out[1] - second).abs() < 1e-5, "{out:?}");
+    }
 
     #[test]
     fn pooling_reduces_as_documented() {
@@ -450,5 +613,7 @@ mod tests {
         assert!((value(Pooling::Max) - 6.0).abs() < 1e-6);
         let gem2 = ((1.0f32 + 4.0 + 9.0 + 36.0) / 4.0).sqrt();
         assert!((value(Pooling::Gem(2.0)) - gem2).abs() < 1e-5);
+        // One channel: every region's normalised max is 1; one level is the whole map twice.
+        assert!((value(Pooling::Rmac(1)) - 2.0).abs() < 1e-6);
     }
 }

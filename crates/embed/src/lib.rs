@@ -55,13 +55,13 @@ pub use classes::imagenet_class_name;
 pub use config::{
     models_name, parse_models, DeviceChoice, EmbedderConfig, Engine, ModelKind, Pooling, Preprocess,
 };
-pub use embedder::{EmbedOutcome, Embedder};
+pub use embedder::{EmbedOutcome, Embedder, MULTI_SCALES};
 pub use error::EmbedError;
 pub use head::{unit_rows, Head, HeadMeta, HEAD_FORMAT_VERSION};
 pub use jobs::ImageJob;
 pub use preprocess::{input_size, preprocess_image, IMAGENET_MEAN, IMAGENET_STD};
 pub use store::{load_embeddings, save_embeddings, EmbeddingMeta, EMBEDDINGS_FORMAT_VERSION};
 pub use weights::{
-    find_local_weights, hub_repo, resolve_weights, sha256_file, weight_search_dirs,
-    SYNTHETIC_WEIGHTS_ID,
+    find_local_weights, hub_repo, resolve_weights, sha256_file, weight_search_dirs, weights_in_dir,
+    SHIPPED_MOBILENET_V2, SYNTHETIC_WEIGHTS_ID,
 };

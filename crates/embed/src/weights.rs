@@ -56,16 +56,71 @@ pub fn weight_search_dirs() -> Vec<PathBuf> {
     unique
 }
 
-/// The first local weights file for `model` in `dirs`, if any.
-pub fn find_local_weights(model: ModelKind, dirs: &[PathBuf]) -> Option<PathBuf> {
-    dirs.iter()
-        .flat_map(|dir| EXTENSIONS.map(|ext| dir.join(format!("{}.{ext}", model.name()))))
-        .find(|path| path.is_file())
+/// The weights that ship with this crate: the torchvision MobileNetV2 ImageNet weights
+/// (BSD-3-Clause) in half precision, read back as float32 (`weights/README.md`). The last
+/// resort of [`resolve_weights`] for MobileNetV2, so that a fresh clone runs.
+pub const SHIPPED_MOBILENET_V2: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/weights/mobilenet_v2_imagenet1k_fp16.safetensors"
+);
+
+/// The weights file of `model` in `dir`: `<name>.safetensors` or `<name>.pth`, else the only
+/// file named `<name>_*.safetensors` or `<name>_*.pth` (as downloads are named, e.g.
+/// `mobilenet_v2_torchvision_imagenet1k.safetensors`). Several such files are an error naming
+/// them; a missing folder is no file.
+pub fn weights_in_dir(dir: &Path, model: ModelKind) -> Result<Option<PathBuf>, EmbedError> {
+    let name = model.name();
+    for ext in EXTENSIONS {
+        let exact = dir.join(format!("{name}.{ext}"));
+        if exact.is_file() {
+            return Ok(Some(exact));
+        }
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(None);
+    };
+    let prefix = format!("{name}_");
+    let mut matches: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let file = p
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            file.starts_with(&prefix)
+                && EXTENSIONS
+                    .iter()
+                    .any(|ext| file.ends_with(&format!(".{ext}")))
+                && p.is_file()
+        })
+        .collect();
+    matches.sort();
+    match matches.len() {
+        0 | 1 => Ok(matches.pop()),
+        _ => Err(EmbedError::InvalidArgument(format!(
+            "several weights files for {name} in {}: {}; pass the one to use with --weights",
+            dir.display(),
+            matches
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
 }
 
-/// Resolves the weights file of `model`: `explicit` when given; else the first
-/// `<name>.safetensors` or `<name>.pth` in [`weight_search_dirs`]; else (with the `hub`
-/// feature) a download from the Hugging Face hub. When nothing is found the error lists every
+/// The first local weights file for `model` in `dirs` (see [`weights_in_dir`]), if any;
+/// folders with several candidates are passed over.
+pub fn find_local_weights(model: ModelKind, dirs: &[PathBuf]) -> Option<PathBuf> {
+    dirs.iter()
+        .find_map(|dir| weights_in_dir(dir, model).ok().flatten())
+}
+
+/// Resolves the weights file of `model`: `explicit` when given; else the first file of
+/// [`weights_in_dir`] in [`weight_search_dirs`]; else, for MobileNetV2, the weights shipped
+/// with this crate ([`SHIPPED_MOBILENET_V2`]); else (with the `hub` feature) a download from
+/// the Hugging Face hub. When nothing is found the error lists every
 /// place searched and what to put where.
 pub fn resolve_weights(model: ModelKind, explicit: Option<&Path>) -> Result<PathBuf, EmbedError> {
     resolve_weights_in(
@@ -73,6 +128,7 @@ pub fn resolve_weights(model: ModelKind, explicit: Option<&Path>) -> Result<Path
         explicit,
         &weight_search_dirs(),
         cfg!(feature = "hub"),
+        true,
     )
 }
 
@@ -81,6 +137,7 @@ pub(crate) fn resolve_weights_in(
     explicit: Option<&Path>,
     dirs: &[PathBuf],
     use_hub: bool,
+    use_shipped: bool,
 ) -> Result<PathBuf, EmbedError> {
     if let Some(path) = explicit {
         if path.is_file() {
@@ -92,18 +149,25 @@ pub(crate) fn resolve_weights_in(
             hint: "check the --weights path".to_string(),
         });
     }
-    if let Some(path) = find_local_weights(model, dirs) {
-        return Ok(path);
+    let mut searched: Vec<String> = Vec::new();
+    for dir in dirs {
+        match weights_in_dir(dir, model)? {
+            Some(path) => return Ok(path),
+            None => {
+                let names = EXTENSIONS
+                    .map(|ext| format!("{0}.{ext} or {0}_*.{ext}", model.name()))
+                    .join(", ");
+                searched.push(format!("  {}: no {names}", dir.display()));
+            }
+        }
     }
-    let mut searched: Vec<String> = dirs
-        .iter()
-        .map(|dir| {
-            let names = EXTENSIONS
-                .map(|ext| format!("{}.{ext}", model.name()))
-                .join(", ");
-            format!("  {}: no {names}", dir.display())
-        })
-        .collect();
+    if model == ModelKind::MobileNetV2 && use_shipped {
+        let shipped = Path::new(SHIPPED_MOBILENET_V2);
+        if shipped.is_file() {
+            return Ok(shipped.to_path_buf());
+        }
+        searched.push(format!("  {}: missing", shipped.display()));
+    }
     match (hub_repo(model), use_hub) {
         (Some(repo), true) => match download_from_hub(repo) {
             Ok(path) => return Ok(path),
@@ -344,7 +408,7 @@ mod tests {
     fn missing_weights_error_lists_every_place_searched() {
         let dir = tempfile::tempdir().unwrap();
         let dirs = vec![dir.path().join("a"), dir.path().join("b")];
-        let err = resolve_weights_in(ModelKind::EfficientNetLite0, None, &dirs, false)
+        let err = resolve_weights_in(ModelKind::EfficientNetLite0, None, &dirs, false, false)
             .unwrap_err()
             .to_string();
         for place in &dirs {
@@ -354,7 +418,7 @@ mod tests {
             err.contains("efficientnet_lite0.safetensors") && err.contains("WTB_MODELS_DIR"),
             "{err}"
         );
-        let err = resolve_weights_in(ModelKind::ResNet50, None, &dirs, false)
+        let err = resolve_weights_in(ModelKind::ResNet50, None, &dirs, false, false)
             .unwrap_err()
             .to_string();
         assert!(err.contains("timm/resnet50"), "{err}");
@@ -369,15 +433,61 @@ mod tests {
         std::fs::write(b.join("vgg16.pth"), b"x").unwrap();
         let dirs = vec![a.clone(), b.clone()];
         assert_eq!(
-            resolve_weights_in(ModelKind::Vgg16, None, &dirs, false).unwrap(),
+            resolve_weights_in(ModelKind::Vgg16, None, &dirs, false, false).unwrap(),
             b.join("vgg16.pth")
         );
         std::fs::write(a.join("vgg16.safetensors"), b"x").unwrap();
         assert_eq!(
-            resolve_weights_in(ModelKind::Vgg16, None, &dirs, false).unwrap(),
+            resolve_weights_in(ModelKind::Vgg16, None, &dirs, false, false).unwrap(),
             a.join("vgg16.safetensors")
         );
         let explicit = dir.path().join("none.safetensors");
-        assert!(resolve_weights_in(ModelKind::Vgg16, Some(&explicit), &dirs, false).is_err());
+        assert!(
+            resolve_weights_in(ModelKind::Vgg16, Some(&explicit), &dirs, false, false).is_err()
+        );
+    }
+
+    #[test]
+    fn downloads_names_are_accepted_and_ambiguity_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let models = dir.path().to_path_buf();
+        let download = models.join("mobilenet_v2_torchvision_imagenet1k.safetensors");
+        std::fs::write(&download, b"x").unwrap();
+        // Neither another model's file nor a non-weights file counts.
+        std::fs::write(models.join("mobilenet_v3_small.safetensors"), b"x").unwrap();
+        std::fs::write(models.join("mobilenet_v2_notes.txt"), b"x").unwrap();
+        let dirs = vec![models.clone()];
+        assert_eq!(
+            resolve_weights_in(ModelKind::MobileNetV2, None, &dirs, false, false).unwrap(),
+            download
+        );
+        std::fs::write(models.join("mobilenet_v2_other.pth"), b"x").unwrap();
+        let err = resolve_weights_in(ModelKind::MobileNetV2, None, &dirs, false, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("several weights files") && err.contains("mobilenet_v2_other.pth"),
+            "{err}"
+        );
+        // The exact name wins over download names.
+        std::fs::write(models.join("mobilenet_v2.safetensors"), b"x").unwrap();
+        assert_eq!(
+            resolve_weights_in(ModelKind::MobileNetV2, None, &dirs, false, false).unwrap(),
+            models.join("mobilenet_v2.safetensors")
+        );
+    }
+
+    #[test]
+    fn the_shipped_weights_are_the_last_resort_for_mobilenet_v2() {
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = vec![dir.path().join("empty")];
+        assert_eq!(
+            resolve_weights_in(ModelKind::MobileNetV2, None, &dirs, false, true).unwrap(),
+            Path::new(SHIPPED_MOBILENET_V2)
+        );
+        // Only MobileNetV2 ships.
+        assert!(
+            resolve_weights_in(ModelKind::EfficientNetLite0, None, &dirs, false, true).is_err()
+        );
     }
 }

@@ -49,6 +49,45 @@ fn mobilenet_v2_matches_reference_embedding_and_logits() {
 }
 
 #[test]
+fn shipped_half_precision_weights_match_the_float32_golden() {
+    let Some(reference) = shared_file("models/reference_cat_224.safetensors") else {
+        return;
+    };
+    let reference = load(&reference);
+    let input = &reference["input"];
+    for engine in ENGINES {
+        let mut config = EmbedderConfig::new(ModelKind::MobileNetV2);
+        config.weights = Some(wtb_embed::SHIPPED_MOBILENET_V2.into());
+        config.engine = engine;
+        let embedder = Embedder::load(&config).unwrap();
+        let ours: Vec<f32> = embedder
+            .embed_tensor(input)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let golden: Vec<f32> = reference["mobilenet_v2.embedding"]
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let dot: f32 = ours.iter().zip(&golden).map(|(a, b)| a * b).sum();
+        let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let cosine = dot / (norm(&ours) * norm(&golden));
+        println!("{engine}: shipped fp16 weights vs float32 golden embedding of cat.bmp: cosine {cosine:.6}");
+        assert!(cosine >= 0.999, "{engine}: cosine {cosine}");
+        // And it still sees the cat.
+        let logits = embedder.logits_tensor(input).unwrap();
+        let top: Vec<f32> = logits.flatten_all().unwrap().to_vec1().unwrap();
+        let best = (0..top.len())
+            .max_by(|&a, &b| top[a].total_cmp(&top[b]))
+            .unwrap();
+        assert_eq!(imagenet_class_name(best), Some("Egyptian cat"), "{engine}");
+    }
+}
+
+#[test]
 fn efficientnet_lite0_matches_reference_logits() {
     for engine in ENGINES {
         let (Some(reference), Some(embedder)) = (

@@ -138,3 +138,46 @@ fn a_batch_names_its_first_bad_image() {
         }
     }
 }
+
+#[test]
+fn multi_scale_descriptors_average_the_scales_and_say_so() {
+    let images: Vec<RgbImage> = (0..2).map(picture).collect();
+    let single = embedder().embed_images(&images).unwrap();
+    let same = embedder()
+        .with_scales(&[1.0])
+        .unwrap()
+        .embed_images(&images)
+        .unwrap();
+    assert_eq!(single, same);
+    assert_eq!(
+        embedder().with_scales(&[1.0]).unwrap().meta().pooling,
+        "avg"
+    );
+
+    let multi = embedder().with_scales(&wtb_embed::MULTI_SCALES).unwrap();
+    assert_eq!(multi.meta().pooling, "avg@0.707+1+1.414");
+    let vectors = multi.embed_images(&images).unwrap();
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    for (m, s) in vectors.iter().zip(&single) {
+        // Without normalisation: the mean of unit-length parts.
+        assert!(norm(m) > 0.5 && norm(m) <= 1.0 + 1e-5, "{}", norm(m));
+        let cosine: f32 = m.iter().zip(s).map(|(a, b)| a * b).sum::<f32>() / (norm(m) * norm(s));
+        assert!(
+            cosine < 0.99999,
+            "other scales change the vector ({cosine})"
+        );
+        assert!(
+            cosine > 0.5,
+            "but it stays close to the single-scale one ({cosine})"
+        );
+    }
+    // A bigger scale alone is a different descriptor.
+    let bigger = embedder().with_scales(&[1.5]).unwrap();
+    assert_eq!(bigger.meta().pooling, "avg@1.5");
+    assert_ne!(bigger.embed_images(&images).unwrap(), single);
+
+    for bad in [&[][..], &[0.1][..], &[1.0, 1.0][..], &[f32::NAN][..]] {
+        let err = embedder().with_scales(bad).err().expect("refused");
+        assert!(err.to_string().contains("scale"), "{err}");
+    }
+}

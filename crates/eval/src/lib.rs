@@ -34,6 +34,7 @@ pub mod metrics;
 mod plot;
 pub mod protocol;
 pub mod report;
+mod results;
 pub mod runner;
 
 pub use plot::FONT_CANDIDATES;

@@ -12,7 +12,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use crate::metrics::Measure;
-use crate::report::{Report, SetResult};
+use crate::results::{Report, SetResult};
 use crate::{write_atomic, EvalError};
 
 /// Font files tried, in order, when `$WTB_FONT` is not set.

@@ -20,7 +20,7 @@ use wtb_dataset::{
 pub use wtb_dataset::{ORIGINAL_CATEGORIES, ORIGINAL_SEED};
 
 use crate::metrics::Target;
-use crate::report::SkippedItem;
+use crate::results::SkippedItem;
 use crate::EvalError;
 
 /// One query: an image (or a box of it) and what counts as a correct answer.

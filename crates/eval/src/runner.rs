@@ -7,7 +7,7 @@
 //! `wtb-search` over the whole gallery of each search group; products are deduplicated by
 //! their best photo when scoring.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -16,6 +16,7 @@ use wtb_embed::{
     CachedVectors as Vectors, DeviceChoice, Embedder, EmbedderConfig, ImageJob, ModelKind, Pooling,
     Preprocess,
 };
+use wtb_search::consensus::Consensus;
 use wtb_search::rerank::{self, Expansion, Reciprocal};
 use wtb_search::{Gallery, Metric, Precision};
 
@@ -23,7 +24,7 @@ use crate::metrics::{
     score_query, summarize, BootstrapConfig, Measure, QueryScore, RankedPhoto, Target,
 };
 use crate::protocol::{GalleryPhoto, Protocol, Query};
-use crate::report::{ConfigLabel, FailureCase, Report, SetResult, SkippedItem};
+use crate::results::{ConfigLabel, FailureCase, Report, SetResult, SkippedItem};
 
 /// Per evaluation set (by name), the scores of its queries.
 type ScoresBySet = Vec<(String, Vec<QueryScore>)>;
@@ -40,6 +41,9 @@ pub struct Steps {
     pub head: bool,
     /// Each photo's vector averaged with its mirror image's.
     pub flip: bool,
+    /// Multi-scale descriptors: each photo's pooled features averaged over the input scales
+    /// of [`RunConfig::scales`].
+    pub ms: bool,
     /// Database-side augmentation of the gallery (see `wtb_search::rerank`).
     pub dba: bool,
     /// α-weighted query expansion.
@@ -49,6 +53,9 @@ pub struct Steps {
     /// k-reciprocal re-ranking (`wtb_search::rerank::k_reciprocal`, the paper's settings) of
     /// cosine distances.
     pub krr: bool,
+    /// Category consensus (`wtb_search::consensus`): candidates of the categories that the
+    /// first products agree on move up.
+    pub cat: bool,
 }
 
 impl Steps {
@@ -57,10 +64,12 @@ impl Steps {
         let names: Vec<&str> = [
             (self.head, "head"),
             (self.flip, "flip"),
+            (self.ms, "ms"),
             (self.dba, "dba"),
             (self.qe, "qe"),
             (self.trim, "trim"),
             (self.krr, "krr"),
+            (self.cat, "cat"),
         ]
         .into_iter()
         .filter(|(on, _)| *on)
@@ -74,14 +83,16 @@ impl Steps {
     }
 
     /// The default of the shop and `wtb search` with a head: the head, shop photos cropped
-    /// to their garment, query expansion.
+    /// to their garment, query expansion, category consensus.
     pub const DEFAULT_WITH_HEAD: Steps = Steps {
         head: true,
         flip: false,
+        ms: false,
         dba: false,
         qe: true,
         trim: true,
         krr: false,
+        cat: true,
     };
 
     /// The ablation: no step, each step alone, then (with a head) the head alone, with the
@@ -91,10 +102,12 @@ impl Steps {
         let mut out = vec![
             none,
             Steps { flip: true, ..none },
+            Steps { ms: true, ..none },
             Steps { dba: true, ..none },
             Steps { qe: true, ..none },
             Steps { trim: true, ..none },
             Steps { krr: true, ..none },
+            Steps { cat: true, ..none },
         ];
         if with_head {
             let head = Steps { head: true, ..none };
@@ -107,6 +120,10 @@ impl Steps {
                     ..trimmed
                 },
                 Steps {
+                    ms: true,
+                    ..trimmed
+                },
+                Steps {
                     dba: true,
                     ..trimmed
                 },
@@ -114,13 +131,23 @@ impl Steps {
                     krr: true,
                     ..trimmed
                 },
+                Steps {
+                    cat: false,
+                    ..Steps::DEFAULT_WITH_HEAD
+                },
                 Steps::DEFAULT_WITH_HEAD,
                 Steps {
                     flip: true,
                     ..Steps::DEFAULT_WITH_HEAD
                 },
             ]);
-        } else {
+        }
+        // The default's steps without the head: what the head itself adds.
+        out.push(Steps {
+            head: false,
+            ..Steps::DEFAULT_WITH_HEAD
+        });
+        if !with_head {
             out.push(Steps {
                 flip: true,
                 qe: true,
@@ -141,13 +168,15 @@ impl std::str::FromStr for Steps {
                 "none" | "" => {}
                 "head" => steps.head = true,
                 "flip" => steps.flip = true,
+                "ms" => steps.ms = true,
                 "dba" => steps.dba = true,
                 "qe" => steps.qe = true,
                 "trim" => steps.trim = true,
                 "krr" => steps.krr = true,
+                "cat" => steps.cat = true,
                 other => {
                     return Err(EvalError::Config(format!(
-                        "unknown retrieval step {other:?} in {s:?}; expected none or head, flip, dba, qe, trim, krr joined by +"
+                        "unknown retrieval step {other:?} in {s:?}; expected none or head, flip, ms, dba, qe, trim, krr, cat joined by +"
                     )))
                 }
             }
@@ -205,6 +234,10 @@ pub struct RunConfig {
     pub expansion: Expansion,
     /// Settings of k-reciprocal re-ranking.
     pub reciprocal: Reciprocal,
+    /// Settings of category consensus.
+    pub consensus: Consensus,
+    /// Input scales of multi-scale descriptors (the `ms` step).
+    pub scales: Vec<f32>,
 }
 
 /// Progress of a long step: (what, done, total).
@@ -372,7 +405,19 @@ pub fn run(
                     format!("{variant}: embed queries"),
                     started.elapsed().as_secs_f64(),
                 ));
-                // The other views the steps need: mirrored photos, trimmed shop photos.
+                // The other views the steps need: mirrored photos, trimmed shop photos, several
+                // input scales (through a second embedder of the same model).
+                let multi_scale = match steps_list.iter().any(|s| s.ms) {
+                    true => Some(
+                        Embedder::load(embedder.config())
+                            .and_then(|e| e.with_scales(&config.scales))
+                            .map_err(|source| EvalError::Embed {
+                                source: Box::new(source),
+                                what: format!("loading {model_name} for multi-scale descriptors"),
+                            })?,
+                    ),
+                    false => None,
+                };
                 let variant_jobs = |jobs: &[ImageJob], flip: bool, trim: bool| -> Vec<ImageJob> {
                     jobs.iter()
                         .map(|j| ImageJob {
@@ -382,17 +427,25 @@ pub fn run(
                         })
                         .collect()
                 };
-                let mut views: HashMap<(&str, bool, bool), Vectors> = HashMap::new();
+                let mut views: HashMap<(&str, bool, bool, bool), Vectors> = HashMap::new();
                 for steps in &steps_list {
-                    let mut wanted = vec![("gallery", false, steps.trim)];
+                    let ms = steps.ms;
+                    let mut wanted = vec![
+                        ("gallery", false, steps.trim, ms),
+                        ("queries", false, false, ms),
+                    ];
                     if steps.flip {
-                        wanted.push(("gallery", true, steps.trim));
-                        wanted.push(("queries", true, false));
+                        wanted.push(("gallery", true, steps.trim, ms));
+                        wanted.push(("queries", true, false, ms));
                     }
-                    for (role, flip, trim) in wanted {
-                        if (!flip && !trim) || views.contains_key(&(role, flip, trim)) {
+                    for (role, flip, trim, ms) in wanted {
+                        if (!flip && !trim && !ms) || views.contains_key(&(role, flip, trim, ms)) {
                             continue;
                         }
+                        let view_embedder = match (ms, &multi_scale) {
+                            (true, Some(multi)) => multi,
+                            _ => &embedder,
+                        };
                         let started = Instant::now();
                         let jobs = if role == "gallery" {
                             &gallery_jobs
@@ -400,12 +453,13 @@ pub fn run(
                             &query_jobs
                         };
                         let name = format!(
-                            "{role}{}{}",
+                            "{role}{}{}{}",
                             if flip { "-flip" } else { "" },
-                            if trim { "-trim" } else { "" }
+                            if trim { "-trim" } else { "" },
+                            if ms { "-ms" } else { "" }
                         );
                         let vectors = embed_cached(
-                            &embedder,
+                            view_embedder,
                             &variant_jobs(jobs, flip, trim),
                             &name,
                             config,
@@ -416,7 +470,7 @@ pub fn run(
                             format!("{variant}: embed {name}"),
                             started.elapsed().as_secs_f64(),
                         ));
-                        views.insert((role, flip, trim), vectors);
+                        views.insert((role, flip, trim, ms), vectors);
                     }
                 }
                 if let Some(head) = &head {
@@ -446,20 +500,21 @@ pub fn run(
                     .flat_map(|s| config.metrics.iter().map(move |m| (*s, *m)))
                 {
                     let started = Instant::now();
-                    let gallery_base = match steps.trim {
-                        true => views.get(&("gallery", false, true)),
-                        false => None,
-                    }
-                    .unwrap_or(&gallery_vectors);
+                    let gallery_base = views
+                        .get(&("gallery", false, steps.trim, steps.ms))
+                        .unwrap_or(&gallery_vectors);
+                    let query_base = views
+                        .get(&("queries", false, false, steps.ms))
+                        .unwrap_or(&query_vectors);
                     let mirrored = steps.flip.then(|| {
                         (
-                            views.get(&("gallery", true, steps.trim)),
-                            views.get(&("queries", true, false)),
+                            views.get(&("gallery", true, steps.trim, steps.ms)),
+                            views.get(&("queries", true, false, steps.ms)),
                         )
                     });
                     let (gallery_vectors, query_vectors) = prepare_vectors(
                         gallery_base,
-                        &query_vectors,
+                        query_base,
                         mirrored.and_then(|(g, _)| g),
                         mirrored.and_then(|(_, q)| q),
                         head.as_ref().filter(|_| steps.head),
@@ -500,7 +555,13 @@ pub fn run(
                                 &group_queries,
                                 gallery_vectors,
                                 query_vectors,
-                                (metric, steps, config.expansion, config.reciprocal),
+                                (
+                                    metric,
+                                    steps,
+                                    config.expansion,
+                                    config.reciprocal,
+                                    config.consensus,
+                                ),
                                 &config.ks,
                             )?);
                         }
@@ -639,7 +700,13 @@ fn search_group(
     queries: &[&Query],
     gallery_vectors: &Vectors,
     query_vectors: &Vectors,
-    (metric, steps, expansion, reciprocal): (Metric, Steps, Expansion, Reciprocal),
+    (metric, steps, expansion, reciprocal, consensus): (
+        Metric,
+        Steps,
+        Expansion,
+        Reciprocal,
+        Consensus,
+    ),
     ks: &[usize],
 ) -> Result<Vec<QueryScore>, EvalError> {
     let search_error = |source| EvalError::Search {
@@ -672,7 +739,7 @@ fn search_group(
             rerank::expand_queries(&query_values, &values, dim, expansion).map_err(search_error)?;
     }
     // The whole gallery is ranked: MRR and mAP need every rank, and galleries are small.
-    let neighbours: Vec<Vec<(usize, f32)>> = if steps.krr {
+    let mut neighbours: Vec<Vec<(usize, f32)>> = if steps.krr {
         let distances =
             rerank::k_reciprocal(&query_values, &values, dim, reciprocal).map_err(search_error)?;
         distances
@@ -691,6 +758,17 @@ fn search_group(
             .map(|found| found.into_iter().map(|n| (n.position, n.score)).collect())
             .collect()
     };
+    if steps.cat {
+        // k-reciprocal distances are smaller-is-better, with one vote each.
+        let vote = |score: f32| match steps.krr {
+            true => 1.0,
+            false => wtb_search::consensus::vote(metric, score),
+        };
+        let higher_is_better = !steps.krr && metric.higher_is_better();
+        for found in &mut neighbours {
+            apply_consensus(found, gallery, consensus, &vote, higher_is_better);
+        }
+    }
     Ok(queries
         .iter()
         .zip(neighbours)
@@ -709,6 +787,49 @@ fn search_group(
             score_query(&query.id, &query.category, &query.target, &ranking, ks)
         })
         .collect())
+}
+
+/// Re-ranks one query's `found` (gallery position, score; best first) by category consensus,
+/// as `wtb_search::consensus::search` does for an index: the first distinct products vote.
+fn apply_consensus(
+    found: &mut [(usize, f32)],
+    gallery: &[&GalleryPhoto],
+    consensus: Consensus,
+    vote: &dyn Fn(f32) -> f32,
+    higher_is_better: bool,
+) {
+    let mut voters: Vec<(&str, f32)> = Vec::new();
+    let mut seen: HashSet<(&str, u64)> = HashSet::new();
+    for &(position, score) in found.iter() {
+        if voters.len() >= consensus.k {
+            break;
+        }
+        if let Some(photo) = gallery.get(position) {
+            if seen.insert((photo.category.as_str(), photo.product)) {
+                voters.push((photo.category.as_str(), vote(score)));
+            }
+        }
+    }
+    let shares = consensus.shares(voters);
+    for (position, score) in found.iter_mut() {
+        if let Some(photo) = gallery.get(*position) {
+            let boost = consensus.boost(&shares, &photo.category);
+            *score = if higher_is_better {
+                *score + boost
+            } else {
+                *score - boost
+            };
+        }
+    }
+    // Stable: ties keep the original order.
+    found.sort_by(|a, b| {
+        let order = a.1.total_cmp(&b.1);
+        if higher_is_better {
+            order.reverse()
+        } else {
+            order
+        }
+    });
 }
 
 /// The worst-ranked queries of the configuration with the best micro value of the first
@@ -864,4 +985,39 @@ fn thumbnail(source: &Path, crop: Option<(wtb_dataset::BBox, f64)>, target: &Pat
         )
         .ok()?;
     write_atomic(target, &bytes).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_parse_and_name_round_trip() {
+        let steps: Steps = "head+ms+qe+trim+cat".parse().unwrap();
+        assert!(steps.head && steps.ms && steps.qe && steps.trim && steps.cat);
+        assert!(!steps.flip && !steps.dba && !steps.krr);
+        assert_eq!(steps.name(), "head+ms+qe+trim+cat");
+        assert_eq!("none".parse::<Steps>().unwrap(), Steps::default());
+        let err = "head+zoom".parse::<Steps>().unwrap_err().to_string();
+        assert!(err.contains("\"zoom\"") && err.contains("cat"), "{err}");
+    }
+
+    #[test]
+    fn the_ablation_has_each_step_once_and_the_default() {
+        for with_head in [false, true] {
+            let rows = Steps::ablation(with_head);
+            let names: HashSet<String> = rows.iter().map(Steps::name).collect();
+            assert_eq!(names.len(), rows.len(), "a repeated row: {rows:?}");
+            for step in ["flip", "ms", "dba", "qe", "trim", "krr", "cat"] {
+                assert!(names.contains(step), "{step} alone is missing");
+            }
+            // The default's steps without the head, to show what the head adds.
+            assert!(names.contains("qe+trim+cat"));
+            assert_eq!(
+                names.contains(&Steps::DEFAULT_WITH_HEAD.name()),
+                with_head,
+                "{names:?}"
+            );
+        }
+    }
 }

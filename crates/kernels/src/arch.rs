@@ -2,7 +2,8 @@
 //! tensors form which layer, and how layers connect. Both paths are built from one
 //! description, so they cannot disagree on wiring; the golden tests check the wiring itself.
 
-use crate::kernels::Activation;
+use crate::error::Result;
+use crate::kernels::{Activation, Window};
 
 /// One convolution with its (optional) BatchNorm and activation.
 #[derive(Clone, Debug)]
@@ -424,7 +425,7 @@ pub(crate) fn count_macs(arch: &Arch, h: usize, w: usize) -> Option<u64> {
         }];
         let next = match node {
             Node::Conv { spec, .. } => {
-                let win = crate::plan::window_for(spec, ih, iw).ok()?;
+                let win = window_for(spec, ih, iw).ok()?;
                 let per_out = if spec.depthwise {
                     spec.k * spec.k
                 } else {
@@ -441,4 +442,9 @@ pub(crate) fn count_macs(arch: &Arch, h: usize, w: usize) -> Option<u64> {
         dims.push(next);
     }
     Some(macs)
+}
+
+/// The window a convolution uses on an `h × w` input.
+pub(crate) fn window_for(spec: &ConvSpec, h: usize, w: usize) -> Result<Window> {
+    Window::symmetric(h, w, spec.k, spec.stride, spec.pad)
 }

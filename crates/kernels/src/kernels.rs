@@ -10,20 +10,10 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+pub use crate::activation::Activation;
 use crate::error::{KernelError, Result};
 pub use crate::matmul::{force_portable_gemm, PackedWeights};
 use crate::matmul::{gemm_block, Block, NR};
-
-/// The activation fused into a kernel's output.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Activation {
-    /// No activation.
-    Identity,
-    /// `max(x, 0)`.
-    Relu,
-    /// `min(max(x, 0), 6)`.
-    Relu6,
-}
 
 /// Shape of an NHWC activation: batch, height, width, channels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -9,9 +9,9 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::activation::Activation;
 use crate::buffer::AlignedBuf;
 use crate::error::{KernelError, Result};
-use crate::kernels::Activation;
 
 /// Columns per packed panel (two AVX-512 vectors).
 pub(crate) const NR: usize = 32;

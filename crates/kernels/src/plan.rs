@@ -135,11 +135,6 @@ fn weight(vb: &VarBuilder, shape: &[usize], name: &str) -> Result<Vec<f32>> {
     })
 }
 
-/// The window a convolution uses on an `h × w` input.
-pub(crate) fn window_for(spec: &ConvSpec, h: usize, w: usize) -> Result<Window> {
-    Window::symmetric(h, w, spec.k, spec.stride, spec.pad)
-}
-
 /// Folds `bn` (and the conv bias) into `[cout, rest]` weights; returns the new bias.
 fn fold(vb: &VarBuilder, spec: &ConvSpec, w: &mut [f32]) -> Result<Vec<f32>> {
     let cout = spec.cout;
@@ -702,7 +697,7 @@ impl Plan {
             let (window, c) = match node {
                 Node::Conv { spec, src, .. } => {
                     let d = dims[*src];
-                    (window_for(spec, d.h, d.w), spec.cout)
+                    (arch::window_for(spec, d.h, d.w), spec.cout)
                 }
                 Node::MaxPool {
                     src,

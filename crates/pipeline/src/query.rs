@@ -7,6 +7,7 @@ use std::time::Instant;
 use image::RgbImage;
 use wtb_dataset::{crop, decode_rgb, BBox, DecodeLimits};
 use wtb_embed::Embedder;
+use wtb_search::consensus::{self, Consensus, DEFAULT_CONSENSUS};
 use wtb_search::rerank::{expand_in_index, Expansion, DEFAULT_EXPANSION};
 use wtb_search::{Filter, Index, Metric, ProductHit, SearchMode, SearchRequest, VectorSearch};
 
@@ -60,6 +61,7 @@ pub struct QueryEngine {
     metric: Metric,
     margin: f64,
     expansion: Option<Expansion>,
+    consensus: Option<Consensus>,
 }
 
 impl QueryEngine {
@@ -73,7 +75,8 @@ impl QueryEngine {
     /// An engine over `index`, which must have been built with `embedder`'s model and settings.
     /// Defaults: [`DecodeLimits::default`], cosine metric, no margin around boxes, and with a
     /// learned head, query expansion ([`DEFAULT_EXPANSION`]; see
-    /// [`set_expansion`](Self::set_expansion)).
+    /// [`set_expansion`](Self::set_expansion)) and category consensus ([`DEFAULT_CONSENSUS`];
+    /// see [`set_consensus`](Self::set_consensus)).
     pub fn new(embedder: Embedder, index: Index) -> Result<QueryEngine, PipelineError> {
         let expected = embedder.meta().to_map();
         let mut differences: Vec<String> = expected
@@ -99,6 +102,7 @@ impl QueryEngine {
             ));
         }
         let expansion = embedder.head().map(|_| DEFAULT_EXPANSION);
+        let consensus = embedder.head().map(|_| DEFAULT_CONSENSUS);
         Ok(QueryEngine {
             embedder,
             index,
@@ -106,6 +110,7 @@ impl QueryEngine {
             metric: Metric::Cosine,
             margin: 0.0,
             expansion,
+            consensus,
         })
     }
 
@@ -113,6 +118,21 @@ impl QueryEngine {
     /// (`wtb_search::rerank`); `None` turns it off.
     pub fn set_expansion(&mut self, expansion: Option<Expansion>) {
         self.expansion = expansion.filter(|e| e.k > 0);
+    }
+
+    /// Category consensus of searches across categories (`wtb_search::consensus`): the
+    /// categories the first products agree on move up; `None` turns it off.
+    pub fn set_consensus(&mut self, consensus: Option<Consensus>) -> Result<(), PipelineError> {
+        if let Some(consensus) = &consensus {
+            consensus.validate()?;
+        }
+        self.consensus = consensus.filter(Consensus::is_active);
+        Ok(())
+    }
+
+    /// The category consensus in force.
+    pub fn consensus(&self) -> Option<Consensus> {
+        self.consensus
     }
 
     /// The query expansion in force.
@@ -187,7 +207,10 @@ impl QueryEngine {
             // Exact: the catalogue of a shop is small, and exact answers are reproducible.
             mode: SearchMode::Exact,
         };
-        let hits = self.index.search(&vector, &request)?;
+        let hits = match self.consensus {
+            Some(consensus) => consensus::search(&self.index, &vector, &request, consensus)?,
+            None => self.index.search(&vector, &request)?,
+        };
         let searched = Instant::now();
         Ok(QueryAnswer {
             hits,

@@ -404,6 +404,10 @@ impl Gallery {
     }
 }
 
+/// Below this share of `|q|² + |r|²`, a distance from the dot-product expansion has lost
+/// about three decimal digits to cancellation and is recomputed from the vectors.
+const CANCELLATION_GUARD: f32 = 1.0 / 1024.0;
+
 struct ScanContext<'a> {
     gallery: &'a Gallery,
     queries: &'a [f32],
@@ -422,6 +426,7 @@ impl ScanContext<'_> {
             .map(|_| TopK::new(self.k, grouped))
             .collect();
         let mut converted = Vec::new();
+        let mut row_buf = Vec::new();
         let mut scores = vec![0f32; self.n_queries * BLOCK_ROWS];
         let use_gemm = self.metric.uses_dot() && self.n_queries >= GEMM_MIN_QUERIES;
         let mut block_start = start;
@@ -466,9 +471,21 @@ impl ScanContext<'_> {
                     let score = match self.metric {
                         Metric::InnerProduct | Metric::Manhattan | Metric::Chebyshev => raw,
                         Metric::Cosine => cosine_from_dot(raw, q_norm, gallery.norms[pos]),
-                        Metric::SqEuclidean => (q_sq + gallery.sq_norms[pos] - 2.0 * raw).max(0.0),
-                        Metric::Euclidean => {
-                            (q_sq + gallery.sq_norms[pos] - 2.0 * raw).max(0.0).sqrt()
+                        Metric::SqEuclidean | Metric::Euclidean => {
+                            let norms = q_sq + gallery.sq_norms[pos];
+                            let mut sq = (norms - 2.0 * raw).max(0.0);
+                            // Near-duplicates cancel almost all digits of the expansion (a
+                            // true 1e-8 comes out as 6e-8, or 2.4e-4 after the square root),
+                            // so recompute those few rows directly.
+                            if sq < norms * CANCELLATION_GUARD && !raw.is_nan() {
+                                let query = &self.queries[qi * dim..(qi + 1) * dim];
+                                sq = kernels::sq_l2(query, gallery.row_f32(pos, &mut row_buf));
+                            }
+                            if self.metric == Metric::Euclidean {
+                                sq.sqrt()
+                            } else {
+                                sq
+                            }
                         }
                     };
                     // NaN survives `max(0.0)` as 0.0 in Rust, so restore it: a NaN dot product

@@ -35,6 +35,7 @@
 //! # Ok::<(), wtb_search::SearchError>(())
 //! ```
 
+pub mod consensus;
 mod gallery;
 mod hnsw;
 mod index;
@@ -219,6 +220,9 @@ pub enum SearchError {
     /// The approximate (HNSW) index failed.
     #[error("approximate index: {0}")]
     Approximate(String),
+    /// A setting of a search step is out of its range.
+    #[error("{0}")]
+    InvalidSetting(String),
     /// A broken internal invariant (a bug): reported instead of panicking.
     #[error("internal error: {0}")]
     Internal(String),

@@ -64,6 +64,7 @@ pub fn store() -> Option<&'static TestStore> {
                 exclusions: None,
                 batch_size: 32,
                 max_pixels: 40_000_000,
+                demo: false,
             };
             let readiness = Readiness::new();
             let backend = load_backend(&config, &readiness).expect("load the test catalogue");
