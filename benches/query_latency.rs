@@ -1,7 +1,8 @@
 //! Query latency with and without a learned head, in one process, in alternating turns: the
 //! engine `wtb search` and the web shop use (decode, crop, embed, head, query expansion, exact
-//! search over the whole s2s-dev gallery with category consensus, one hit per product) with today's default settings (MobileNetV2,
-//! torchvision preprocessing, no head) against the same with the head of `WTB_HEAD`
+//! search over the whole s2s-dev gallery with category consensus, one hit per product) against
+//! the settings before learned similarity (MobileNetV2, torchvision preprocessing, no head, no
+//! category consensus) with the head of `WTB_HEAD`
 //! (trained by `wtb train`; its preprocessing is read from the file).
 //!
 //! Prints per pass the median latency of each side and their ratio, then the median of the
@@ -98,7 +99,9 @@ fn main() -> anyhow::Result<()> {
         ..EmbedderConfig::for_models(&head.meta().model, &[weights])?
     };
     eprintln!("building or opening the two indexes of the s2s-dev gallery...");
-    let plain = engine(&today, &data, cache.join("plain.wtbindex"))?;
+    let mut plain = engine(&today, &data, cache.join("plain.wtbindex"))?;
+    // Today's default before learned similarity: no category consensus either.
+    plain.set_consensus(None)?;
     let learned = engine(
         &with_head,
         &data,

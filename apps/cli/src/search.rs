@@ -43,9 +43,9 @@ pub struct SearchArgs {
     #[arg(long, value_name = "N")]
     expansion_k: Option<usize>,
     /// Category consensus: the N first products vote for their category and candidates of
-    /// the favoured categories move up (0: off). Default: 10 with a learned head, else 0.
-    #[arg(long, value_name = "N")]
-    consensus_k: Option<usize>,
+    /// the favoured categories move up (0: off).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_CONSENSUS.k)]
+    consensus_k: usize,
     /// Category consensus: the similarity a candidate gains when its category has every vote.
     #[arg(long, default_value_t = DEFAULT_CONSENSUS.weight)]
     consensus_weight: f32,
@@ -118,15 +118,9 @@ pub fn run(args: SearchArgs) -> anyhow::Result<ExitCode> {
         filter,
         mode,
     };
-    let consensus = match args.consensus_k {
-        Some(k) => Consensus {
-            k,
-            weight: args.consensus_weight,
-        },
-        None => Consensus {
-            k: embedder.head().map_or(0, |_| DEFAULT_CONSENSUS.k),
-            weight: args.consensus_weight,
-        },
+    let consensus = Consensus {
+        k: args.consensus_k,
+        weight: args.consensus_weight,
     };
     let hits = consensus::search(&index, &query, &request, consensus).context("searching")?;
     if args.json {

@@ -10,12 +10,21 @@
   var bboxField = document.getElementById("bbox");
   var boxHint = document.getElementById("box-hint");
   var clearBox = document.getElementById("clear-box");
+  var dropError = document.getElementById("drop-error");
   if (!input || !zone) { return; }
   var objectUrl = null;
   var start = null;
 
+  // The file input is visually hidden, so the browser's own "required" bubble would point
+  // at nothing: say it in the drop zone instead.
+  function showMissing(missing) {
+    zone.classList.toggle("invalid", missing);
+    if (dropError) { dropError.hidden = !missing; }
+  }
+
   function useFile(file) {
     if (!file || !/^image\//.test(file.type)) { return; }
+    showMissing(false);
     if (objectUrl) { URL.revokeObjectURL(objectUrl); }
     objectUrl = URL.createObjectURL(file);
     preview.src = objectUrl;
@@ -65,6 +74,12 @@
   }
 
   input.addEventListener("change", function () { useFile(input.files[0]); });
+  input.addEventListener("invalid", function (e) {
+    e.preventDefault();
+    showMissing(true);
+    zone.scrollIntoView({ block: "nearest" });
+    input.focus();
+  });
   zone.addEventListener("dragover", function (e) { e.preventDefault(); zone.classList.add("over"); });
   zone.addEventListener("dragleave", function () { zone.classList.remove("over"); });
   zone.addEventListener("drop", function (e) {

@@ -2,7 +2,7 @@
 //! interruption.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use wtb_dataset::{photo_path, Category, Exclusions, Labels, PhotoId, ProductKey};
 use wtb_embed::{Embedder, ImageJob};
@@ -154,6 +154,59 @@ pub fn build_index(
     options: &BuildOptions,
     progress: Progress<'_>,
 ) -> Result<BuildReport, PipelineError> {
+    let _lock = BuildLock::take(&options.index)?;
+    build_locked(embedder, options, progress)
+}
+
+/// An exclusive lock on `<index>.lock`, held while an index is built, so that two processes
+/// building the same index (two shops started at once on one cache) take turns instead of
+/// writing one checkpoint together. The operating system releases it if the process dies.
+struct BuildLock {
+    _held: std::fs::File,
+}
+
+impl BuildLock {
+    /// Creates the index's folder when needed and waits for the lock.
+    fn take(index: &Path) -> Result<BuildLock, PipelineError> {
+        let failed = |what: &str, err: std::io::Error| PipelineError::Output {
+            path: index.to_path_buf(),
+            reason: format!("{what}: {err}"),
+        };
+        if let Some(dir) = index.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| failed(&format!("cannot create folder {}", dir.display()), e))?;
+        }
+        let mut name = index.as_os_str().to_owned();
+        name.push(".lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&name)
+            .map_err(|e| failed("cannot open its build lock", e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                tracing::info!(
+                    "index {}: another process is building it; waiting",
+                    index.display()
+                );
+                file.lock()
+                    .map_err(|e| failed("cannot take its build lock", e))?;
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(failed("cannot take its build lock", e))
+            }
+        }
+        Ok(BuildLock { _held: file })
+    }
+}
+
+fn build_locked(
+    embedder: &Embedder,
+    options: &BuildOptions,
+    progress: Progress<'_>,
+) -> Result<BuildReport, PipelineError> {
     let gallery = gallery_photos(options)?;
     let meta = embedder.meta().to_map();
     let checkpoint = options.checkpoint_path();
@@ -238,7 +291,12 @@ pub fn ensure_index(
     if options.index.exists() {
         return Ok(None);
     }
-    build_index(embedder, options, progress).map(Some)
+    let _lock = BuildLock::take(&options.index)?;
+    // Another process may have built it while this one waited for the lock.
+    if options.index.exists() {
+        return Ok(None);
+    }
+    build_locked(embedder, options, progress).map(Some)
 }
 
 /// Removes the rows of photos that are not in the gallery.

@@ -71,6 +71,14 @@ pub enum PipelineError {
         /// Why it cannot be resumed.
         reason: String,
     },
+    /// The index's folder or its build lock could not be made or taken.
+    #[error("index {path}: {reason}")]
+    Output {
+        /// The index file.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
     /// A build option out of range (a batch size of 0...).
     #[error("build option: {0}")]
     BadOption(String),
