@@ -113,7 +113,7 @@ fn train_then_index_and_search_with_the_head() {
     let photo = belts[0]["photo"].as_u64().unwrap();
     let product = belts[0]["product"].as_u64().unwrap();
     let image = photos.join(format!("{photo}.jpg"));
-    let search = |head: Option<&Path>| {
+    let search = |head: Option<&Path>, extra: &[&str]| {
         let mut command = wtb();
         command
             .arg("search")
@@ -122,36 +122,26 @@ fn train_then_index_and_search_with_the_head() {
             .arg(&index)
             .arg("--weights")
             .arg(&weights)
-            .args(["-k", "3", "--json"]);
+            .args(["-k", "3", "--json"])
+            .args(extra);
         if let Some(head) = head {
             command.arg("--head").arg(head);
         }
         output(&mut command)
     };
-    let (ok, stdout, stderr) = search(Some(&head));
+    let (ok, stdout, stderr) = search(Some(&head), &[]);
     assert!(ok, "{stdout}\n{stderr}");
     let hits: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let first = &hits["hits"][0];
     assert_eq!(first["product"].as_u64(), Some(product), "{hits}");
 
-    // Category consensus (on by default with a head) takes only sensible weights.
-    let (ok, _, stderr) = output(
-        wtb()
-            .arg("search")
-            .arg(&image)
-            .arg("--index")
-            .arg(&index)
-            .arg("--weights")
-            .arg(&weights)
-            .arg("--head")
-            .arg(&head)
-            .arg("--consensus-weight=-1"),
-    );
+    // Category consensus (on by default) takes only sensible weights.
+    let (ok, _, stderr) = search(Some(&head), &["--consensus-weight=-1"]);
     assert!(!ok);
     assert!(stderr.contains("consensus weight -1"), "{stderr}");
 
     // Without the head, or with another head, the index is refused with a clear reason.
-    let (ok, _, stderr) = search(None);
+    let (ok, _, stderr) = search(None, &[]);
     assert!(!ok);
     assert!(stderr.contains("--head"), "{stderr}");
     let other = dir.path().join("other.safetensors");
@@ -163,7 +153,7 @@ fn train_then_index_and_search_with_the_head() {
         &["--seed", "8"],
     ));
     assert!(ok, "{stderr}");
-    let (ok, _, stderr) = search(Some(&other));
+    let (ok, _, stderr) = search(Some(&other), &[]);
     assert!(!ok);
     assert!(stderr.contains("head"), "{stderr}");
 
@@ -173,7 +163,7 @@ fn train_then_index_and_search_with_the_head() {
     bytes[at] ^= 0x40;
     let broken = dir.path().join("broken.safetensors");
     std::fs::write(&broken, &bytes).unwrap();
-    let (ok, _, stderr) = search(Some(&broken));
+    let (ok, _, stderr) = search(Some(&broken), &[]);
     assert!(!ok);
     assert!(
         stderr.contains("broken.safetensors") && stderr.contains("checksum"),

@@ -9,15 +9,13 @@ mod common;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde_json::{json, Value};
 use wtb_embed::{DeviceChoice, EmbedderConfig, ModelKind};
-use wtb_store::{
-    demo_catalogue, load_backend, start, Readiness, RunningStore, StoreOptions, DEMO_DIR,
-};
+use wtb_store::{demo_catalogue, RunningStore, DEMO_DIR};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -168,6 +166,21 @@ impl Browser {
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Chooses `photo` in the search form's file input and waits until its preview shows.
+    fn choose_photo(&self, photo: &Path) {
+        let input = self.find("#image-input");
+        self.session_call(
+            "POST",
+            &format!("/element/{input}/value"),
+            Some(json!({ "text": photo.display().to_string() })),
+        );
+        self.wait_until("the preview", |b| {
+            b.script(
+                "var p = document.getElementById('preview'); return p.getClientRects().length > 0 && p.complete && p.naturalWidth > 0;",
+            ) == json!(true)
+        });
     }
 
     fn screenshot(&self, path: &Path) {
@@ -350,16 +363,7 @@ fn demo_store() -> &'static DemoStore {
         let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("wtb-store-demo-cache");
         std::fs::create_dir_all(&cache).expect("create the demo index cache folder");
         config.index = cache.join(config.index.file_name().expect("an index file name"));
-        let readiness = Readiness::new();
-        let backend = load_backend(&config, &readiness).expect("load the demo catalogue");
-        readiness.set_ready(Arc::new(backend));
-        let options = StoreOptions {
-            bind: "127.0.0.1:0".to_string(),
-            inference_workers: 2,
-            queue: 64,
-            ..StoreOptions::default()
-        };
-        let store = start(options, readiness).expect("start the demo store");
+        let store = common::serve(&config);
         DemoStore {
             addr: store.addr(),
             _store: store,
@@ -479,17 +483,7 @@ fn the_home_page_has_no_broken_image_native_file_control_or_lone_period() {
     browser.screenshot(&shots.join("home-missing-photo.png"));
 
     // A chosen photo shows, loaded, and the message goes.
-    let input = browser.find("#image-input");
-    browser.session_call(
-        "POST",
-        &format!("/element/{input}/value"),
-        Some(json!({ "text": demo_photo(1).display().to_string() })),
-    );
-    browser.wait_until("the preview", |b| {
-        b.script(
-            "var p = document.getElementById('preview'); return p.getClientRects().length > 0 && p.complete && p.naturalWidth > 0;",
-        ) == json!(true)
-    });
+    browser.choose_photo(&demo_photo(1));
     assert_eq!(browser.script(BROKEN_IMAGES), json!([]));
     assert_eq!(
         browser.script("return document.getElementById('drop-error').hidden;"),
@@ -509,17 +503,7 @@ fn a_demo_photo_finds_12_demo_products_with_their_photos() {
     let shots = screenshot_dir();
 
     browser.goto(&store.url("/"));
-    let input = browser.find("#image-input");
-    browser.session_call(
-        "POST",
-        &format!("/element/{input}/value"),
-        Some(json!({ "text": demo_photo(1).display().to_string() })),
-    );
-    browser.wait_until("the preview", |b| {
-        b.script(
-            "var p = document.getElementById('preview'); return p.complete && p.naturalWidth > 0;",
-        ) == json!(true)
-    });
+    browser.choose_photo(&demo_photo(1));
     let button = browser.find("#search-button");
     browser.session_call("POST", &format!("/element/{button}/click"), Some(json!({})));
     browser.wait_until("12 result cards", |b| b.count(".result-card") == 12);

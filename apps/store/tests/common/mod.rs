@@ -66,16 +66,7 @@ pub fn store() -> Option<&'static TestStore> {
                 max_pixels: 40_000_000,
                 demo: false,
             };
-            let readiness = Readiness::new();
-            let backend = load_backend(&config, &readiness).expect("load the test catalogue");
-            readiness.set_ready(Arc::new(backend));
-            let options = StoreOptions {
-                bind: "127.0.0.1:0".to_string(),
-                inference_workers: 2,
-                queue: 64,
-                ..StoreOptions::default()
-            };
-            let store = start(options, readiness).expect("start the store");
+            let store = serve(&config);
             Some(TestStore {
                 addr: store.addr(),
                 data,
@@ -242,4 +233,18 @@ pub fn products_of(answer: &serde_json::Value) -> Vec<(String, u64)> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// A store serving `config` on a loopback port, ready (its index built first when missing).
+pub fn serve(config: &CatalogueConfig) -> RunningStore {
+    let readiness = Readiness::new();
+    let backend = load_backend(config, &readiness).expect("load the catalogue");
+    readiness.set_ready(Arc::new(backend));
+    let options = StoreOptions {
+        bind: "127.0.0.1:0".to_string(),
+        inference_workers: 2,
+        queue: 64,
+        ..StoreOptions::default()
+    };
+    start(options, readiness).expect("start the store")
 }
