@@ -3,13 +3,15 @@
 use std::time::Instant;
 
 use actix_multipart::Multipart;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{Hit, SearchQuery};
 use crate::error::{ApiError, StoreError};
+use crate::server::{get, post};
+use crate::state::client_of;
 use crate::state::AppState;
-use crate::upload::{parse_id, read_search_form};
+use crate::upload::parse_id;
 
 /// Default number of results of the API searches.
 pub const DEFAULT_K: usize = 12;
@@ -18,16 +20,16 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/api/v1")
             .app_data(web::QueryConfig::default().error_handler(|err, _| {
-                ApiError::from(StoreError::bad_request(err.to_string())).into()
+                ApiError::from(StoreError::bad_request(format!("bad query string: {err}"))).into()
             }))
-            .route("/search", web::post().to(search))
-            .route("/categories", web::get().to(categories))
-            .route("/products/{category}/{product}", web::get().to(product))
-            .route(
-                "/products/{category}/{product}/similar",
-                web::get().to(similar),
-            )
-            .route("/openapi.json", web::get().to(openapi)),
+            .app_data(web::PathConfig::default().error_handler(|err, _| {
+                ApiError::from(StoreError::not_found(format!("bad path: {err}"))).into()
+            }))
+            .service(post("/search", search))
+            .service(get("/categories", categories))
+            .service(get("/products/{category}/{product}", product))
+            .service(get("/products/{category}/{product}/similar", similar))
+            .service(get("/openapi.json", openapi)),
     );
 }
 
@@ -64,11 +66,12 @@ struct SearchAnswer {
 }
 
 async fn search(
+    req: HttpRequest,
     state: web::Data<AppState>,
     multipart: Multipart,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
-    let form = read_search_form(multipart, &state.limits).await?;
+    let form = state.read_form(multipart).await?;
     let backend = state.backend()?;
     let query = SearchQuery {
         image: form.image.unwrap_or_default(),
@@ -78,7 +81,7 @@ async fn search(
         metric: form.metric,
         want_crop: false,
     };
-    let outcome = state.search(query).await?;
+    let outcome = state.search(query, client_of(&req)).await?;
     Ok(HttpResponse::Ok().json(SearchAnswer {
         results: outcome.hits.into_iter().map(ApiHit::from).collect(),
         took_ms: started.elapsed().as_secs_f64() * 1000.0,
@@ -130,6 +133,7 @@ struct SimilarQuery {
 }
 
 async fn similar(
+    req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
     query: web::Query<SimilarQuery>,
@@ -145,7 +149,7 @@ async fn similar(
         .into());
     }
     let hits = state
-        .similar(category, id, query.k.unwrap_or(DEFAULT_K))
+        .similar(category, id, query.k.unwrap_or(DEFAULT_K), client_of(&req))
         .await?;
     Ok(HttpResponse::Ok().json(SearchAnswer {
         results: hits.into_iter().map(ApiHit::from).collect(),

@@ -126,6 +126,11 @@ pub trait Backend: Send + Sync + 'static {
     fn similar(&self, category: &str, product: u64, k: usize) -> Result<Vec<Hit>, BackendError>;
     /// The bytes of a catalogue photo by id; `None` when the id is not in the catalogue.
     fn photo(&self, photo: u64) -> Option<Vec<u8>>;
+    /// The fewest pixels the shorter side of a query photo (or its box) needs for the model:
+    /// the store estimates what decoding a search's photo costs from it. Default 256.
+    fn source_side(&self) -> u32 {
+        256
+    }
     /// Whether this is the built-in demo catalogue (the home page then says how to load one's
     /// own).
     fn is_demo(&self) -> bool {

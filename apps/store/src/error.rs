@@ -50,7 +50,11 @@ impl StoreError {
     }
 
     fn retry_after(&self) -> Option<u32> {
-        (self.status == StatusCode::SERVICE_UNAVAILABLE).then_some(RETRY_AFTER_SECONDS)
+        matches!(
+            self.status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+        )
+        .then_some(RETRY_AFTER_SECONDS)
     }
 }
 
@@ -79,6 +83,14 @@ impl From<PoolError> for StoreError {
             PoolError::Busy { .. } => {
                 StoreError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", err.to_string())
             }
+            PoolError::Expired { .. } => {
+                StoreError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", err.to_string())
+            }
+            PoolError::ClientBusy { .. } => StoreError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                err.to_string(),
+            ),
             PoolError::Panicked(_) | PoolError::Closed => {
                 tracing::error!(error = %err, "inference worker failure");
                 StoreError::new(

@@ -7,8 +7,10 @@
 //!   and model are loaded (until then `/readyz` and searches answer 503).
 //! - Handlers only talk to a [`Backend`]; the shipped one is [`PipelineBackend`], which opens
 //!   (or builds) an index with `wtb-pipeline`.
-//! - Inference runs on a bounded [`WorkerPool`], never on the async executor; a full queue is
-//!   answered 503 with `Retry-After`.
+//! - Inference runs on a bounded [`WorkerPool`], never on the async executor. Each search
+//!   costs the pixels its photo decodes to; clients are served in fair order by cost, a full
+//!   queue is answered 503 with `Retry-After`, a client holding more than its share of the
+//!   queue 429, and a search that waits past the deadline 503 without running.
 //!
 //! ```
 //! use std::io::{Read, Write};
@@ -46,7 +48,7 @@ pub use demo::{cache_dir, demo_catalogue, has_own_catalogue, DEMO_DIR};
 pub use error::StoreError;
 pub use metrics::Metrics;
 pub use pipeline_backend::{load_backend, CatalogueConfig, PipelineBackend};
-pub use pool::{PoolError, WorkerPool};
+pub use pool::{PoolCounts, PoolError, QueueLimits, Ticket, WorkerPool, SEARCH_BASE_COST};
 pub use server::{start, RunningStore, StoreOptions, CONTENT_SECURITY_POLICY};
 pub use state::Readiness;
 pub use upload::{sniff_image_type, Limits};

@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -71,6 +72,12 @@ struct Args {
     /// Searches that may wait for a worker before new ones are refused with 503.
     #[arg(long, default_value_t = 32)]
     queue: usize,
+    /// Seconds a search may wait for a worker before it is answered 503 (without running).
+    #[arg(long, default_value_t = 5.0, value_parser = positive_seconds)]
+    queue_deadline_secs: f64,
+    /// Seconds a request body may take to arrive, whole, before it is answered 408.
+    #[arg(long, default_value_t = 30.0, value_parser = positive_seconds)]
+    body_timeout_secs: f64,
     /// HTTP threads.
     #[arg(long, default_value_t = 2)]
     http_workers: usize,
@@ -83,6 +90,15 @@ struct Args {
     /// Serve the built-in demo catalogue (300 CC0 clothing photos), whatever is in --labels.
     #[arg(long)]
     demo: bool,
+}
+
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(seconds) if seconds > 0.0 && seconds <= 86_400.0 => Ok(seconds),
+        _ => Err(format!(
+            "expected seconds between 0 and 86400, got {text:?}"
+        )),
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -145,6 +161,7 @@ fn serve(args: &Args, catalogue: CatalogueConfig) -> anyhow::Result<()> {
     let limits = Limits {
         max_upload_bytes: args.max_upload_mib.saturating_mul(1024 * 1024),
         max_pixels: catalogue.max_pixels,
+        body_timeout: Duration::from_secs_f64(args.body_timeout_secs),
         ..Limits::default()
     };
     let options = StoreOptions {
@@ -152,6 +169,7 @@ fn serve(args: &Args, catalogue: CatalogueConfig) -> anyhow::Result<()> {
         limits,
         inference_workers: args.workers,
         queue: args.queue,
+        queue_deadline: Duration::from_secs_f64(args.queue_deadline_secs),
         http_workers: args.http_workers,
     };
 

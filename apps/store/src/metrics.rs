@@ -5,6 +5,36 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 
+use crate::pool::{PoolCounts, WorkerPool};
+
+/// The worker pool's gauges and counters at one moment.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PoolState {
+    /// Requests waiting.
+    pub queued: usize,
+    /// Their total cost.
+    pub queued_cost: u64,
+    /// Requests waiting or running.
+    pub in_flight: usize,
+    /// Worker threads.
+    pub workers: usize,
+    /// What the pool refused, expired or dropped.
+    pub counts: PoolCounts,
+}
+
+impl PoolState {
+    /// The state of `pool` now.
+    pub fn of(pool: &WorkerPool) -> PoolState {
+        PoolState {
+            queued: pool.queued(),
+            queued_cost: pool.queued_cost(),
+            in_flight: pool.in_flight(),
+            workers: pool.workers(),
+            counts: pool.counts(),
+        }
+    }
+}
+
 /// Upper bounds (seconds) of the latency histogram buckets.
 const BUCKETS: [f64; 12] = [
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -53,7 +83,7 @@ struct Inner {
     requests: BTreeMap<(String, String, u16), u64>,
     latency: BTreeMap<String, Histogram>,
     inference: Histogram,
-    rejected: u64,
+    body_timeouts: u64,
 }
 
 /// The store's metrics. Cheap to update from any thread.
@@ -83,13 +113,13 @@ impl Metrics {
         self.lock().inference.observe(seconds);
     }
 
-    /// Counts a request refused because the worker queue was full.
-    pub fn record_rejected(&self) {
-        self.lock().rejected += 1;
+    /// Counts a request whose body did not arrive in time.
+    pub fn record_body_timeout(&self) {
+        self.lock().body_timeouts += 1;
     }
 
-    /// The text exposition format, with the current queue depth and in-flight jobs.
-    pub fn render(&self, queue_depth: usize, in_flight: usize, workers: usize) -> String {
+    /// The text exposition format, with the worker pool's state.
+    pub fn render(&self, pool: &PoolState) -> String {
         let inner = self.lock();
         let mut out = String::new();
         out.push_str("# HELP wtb_http_requests_total HTTP requests answered.\n");
@@ -117,18 +147,40 @@ impl Metrics {
             .render(&mut out, "wtb_inference_duration_seconds", "");
         out.push_str("# HELP wtb_queue_depth Inference requests waiting for a worker.\n");
         out.push_str("# TYPE wtb_queue_depth gauge\n");
-        let _ = writeln!(out, "wtb_queue_depth {queue_depth}");
+        let _ = writeln!(out, "wtb_queue_depth {}", pool.queued);
+        out.push_str(
+            "# HELP wtb_queue_cost Cost of the waiting requests (thousands of decoded pixels).\n",
+        );
+        out.push_str("# TYPE wtb_queue_cost gauge\n");
+        let _ = writeln!(out, "wtb_queue_cost {}", pool.queued_cost);
         out.push_str("# HELP wtb_inference_in_flight Inference requests waiting or running.\n");
         out.push_str("# TYPE wtb_inference_in_flight gauge\n");
-        let _ = writeln!(out, "wtb_inference_in_flight {in_flight}");
+        let _ = writeln!(out, "wtb_inference_in_flight {}", pool.in_flight);
         out.push_str("# HELP wtb_inference_workers Inference worker threads.\n");
         out.push_str("# TYPE wtb_inference_workers gauge\n");
-        let _ = writeln!(out, "wtb_inference_workers {workers}");
+        let _ = writeln!(out, "wtb_inference_workers {}", pool.workers);
         out.push_str(
-            "# HELP wtb_rejected_total Requests refused with 503 because the queue was full.\n",
+            "# HELP wtb_rejected_total Searches answered 503 or 429 without running: the queue \
+             was full, the client held its share of it, or the request waited past the deadline.\n",
         );
         out.push_str("# TYPE wtb_rejected_total counter\n");
-        let _ = writeln!(out, "wtb_rejected_total {}", inner.rejected);
+        for (reason, count) in [
+            ("queue_full", pool.counts.queue_full),
+            ("client_share", pool.counts.client_share),
+            ("deadline", pool.counts.expired),
+        ] {
+            let _ = writeln!(out, "wtb_rejected_total{{reason=\"{reason}\"}} {count}");
+        }
+        out.push_str(
+            "# HELP wtb_abandoned_total Queued searches dropped because the client went away.\n",
+        );
+        out.push_str("# TYPE wtb_abandoned_total counter\n");
+        let _ = writeln!(out, "wtb_abandoned_total {}", pool.counts.abandoned);
+        out.push_str(
+            "# HELP wtb_body_timeouts_total Requests answered 408: the body did not arrive in time.\n",
+        );
+        out.push_str("# TYPE wtb_body_timeouts_total counter\n");
+        let _ = writeln!(out, "wtb_body_timeouts_total {}", inner.body_timeouts);
         out
     }
 
@@ -157,8 +209,19 @@ mod tests {
         metrics.record_request("GET", "/healthz", 200, 0.2);
         metrics.record_request("POST", "/api/v1/search", 400, 0.03);
         metrics.record_inference(0.04);
-        metrics.record_rejected();
-        let text = metrics.render(3, 5, 2);
+        metrics.record_body_timeout();
+        let text = metrics.render(&PoolState {
+            queued: 3,
+            queued_cost: 4500,
+            in_flight: 5,
+            workers: 2,
+            counts: PoolCounts {
+                queue_full: 1,
+                client_share: 2,
+                expired: 3,
+                abandoned: 4,
+            },
+        });
         assert!(text.contains(
             "wtb_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"} 2"
         ));
@@ -173,7 +236,12 @@ mod tests {
         assert!(text.contains("wtb_inference_duration_seconds_bucket{le=\"0.025\"} 0"));
         assert!(text.contains("wtb_queue_depth 3\n"));
         assert!(text.contains("wtb_inference_in_flight 5\n"));
-        assert!(text.contains("wtb_rejected_total 1\n"));
+        assert!(text.contains("wtb_queue_cost 4500\n"));
+        assert!(text.contains("wtb_rejected_total{reason=\"queue_full\"} 1\n"));
+        assert!(text.contains("wtb_rejected_total{reason=\"client_share\"} 2\n"));
+        assert!(text.contains("wtb_rejected_total{reason=\"deadline\"} 3\n"));
+        assert!(text.contains("wtb_abandoned_total 4\n"));
+        assert!(text.contains("wtb_body_timeouts_total 1\n"));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use actix_multipart::Multipart;
 use actix_web::http::{header, StatusCode};
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine as _;
 use minijinja::context;
 use serde::Deserialize;
@@ -10,8 +10,10 @@ use serde::Deserialize;
 use crate::backend::SearchQuery;
 use crate::error::{PageError, StoreError};
 use crate::render::render as render_template;
+use crate::server::{get, post};
+use crate::state::client_of;
 use crate::state::AppState;
-use crate::upload::{parse_id, read_search_form, sniff_image_type};
+use crate::upload::{parse_id, parse_page, sniff_image_type};
 
 /// Results shown on the results page.
 pub const RESULTS_ON_PAGE: usize = 12;
@@ -24,13 +26,13 @@ const STORE_JS: &str = include_str!("../static/store.js");
 const STORE_CSS: &str = include_str!("../static/store.css");
 
 pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/", web::get().to(home))
-        .route("/search", web::post().to(search))
-        .route("/products/{category}/{product}", web::get().to(product))
-        .route("/catalogue", web::get().to(catalogue_index))
-        .route("/catalogue/{category}", web::get().to(catalogue))
-        .route("/photos/{photo}", web::get().to(photo))
-        .route("/static/{file}", web::get().to(asset));
+    cfg.service(get("/", home))
+        .service(post("/search", search))
+        .service(get("/products/{category}/{product}", product))
+        .service(get("/catalogue", catalogue_index))
+        .service(get("/catalogue/{category}", catalogue))
+        .service(get("/photos/{photo}", photo))
+        .service(get("/static/{file}", asset));
 }
 
 /// Renders a page; a template failure is answered 500.
@@ -65,10 +67,11 @@ async fn home(state: web::Data<AppState>) -> Result<HttpResponse, PageError> {
 }
 
 async fn search(
+    req: HttpRequest,
     state: web::Data<AppState>,
     multipart: Multipart,
 ) -> Result<HttpResponse, PageError> {
-    let form = read_search_form(multipart, &state.limits).await?;
+    let form = state.read_form(multipart).await?;
     let query = SearchQuery {
         image: form.image.unwrap_or_default(),
         bbox: form.bbox,
@@ -77,7 +80,7 @@ async fn search(
         metric: form.metric,
         want_crop: true,
     };
-    let outcome = state.search(query).await?;
+    let outcome = state.search(query, client_of(&req)).await?;
     let crop = outcome
         .query_crop_jpeg
         .map(|jpeg| base64::engine::general_purpose::STANDARD.encode(jpeg));
@@ -93,6 +96,7 @@ async fn search(
 }
 
 async fn product(
+    req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, PageError> {
@@ -106,12 +110,20 @@ async fn product(
     })?;
     // The product page stays useful when the pool is busy: similar products are then omitted
     // with a note instead of failing the whole page.
-    let (similar, similar_error) = match state.similar(category, id, SIMILAR_ON_PAGE).await {
+    let (similar, similar_error) = match state
+        .similar(category, id, SIMILAR_ON_PAGE, client_of(&req))
+        .await
+    {
         Ok(hits) => (hits, None),
-        Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => (
-            Vec::new(),
-            Some("Similar products are not available right now; reload in a moment."),
-        ),
+        Err(e)
+            if e.status == StatusCode::SERVICE_UNAVAILABLE
+                || e.status == StatusCode::TOO_MANY_REQUESTS =>
+        {
+            (
+                Vec::new(),
+                Some("Similar products are not available right now; reload in a moment."),
+            )
+        }
         Err(e) => return Err(e.into()),
     };
     Ok(html(render(
@@ -128,10 +140,10 @@ async fn catalogue_index(state: web::Data<AppState>) -> Result<HttpResponse, Pag
     )?))
 }
 
-/// The catalogue page query.
+/// The catalogue page query (the number is parsed by hand for a clear error page).
 #[derive(Debug, Deserialize)]
 struct PageQuery {
-    page: Option<usize>,
+    page: Option<String>,
 }
 
 async fn catalogue(
@@ -145,7 +157,7 @@ async fn catalogue(
     if !categories.iter().any(|c| c.name == category) {
         return Err(StoreError::not_found(format!("there is no category {category:?}")).into());
     }
-    let page = query.page.unwrap_or(1).max(1);
+    let page = parse_page(query.page.as_deref())?;
     let offset = (page - 1).saturating_mul(CATALOGUE_PAGE_SIZE);
     let (products, total) = backend.products(&category, offset, CATALOGUE_PAGE_SIZE);
     let pages = total.div_ceil(CATALOGUE_PAGE_SIZE).max(1);

@@ -124,14 +124,19 @@ impl PipelineBackend {
     }
 }
 
+/// A photo that cannot be decoded: 413 when it is too large, 422 otherwise.
+pub(crate) fn photo_error(problem: &PhotoProblem) -> BackendError {
+    match problem {
+        PhotoProblem::TooManyPixels { .. } | PhotoProblem::FileTooLarge { .. } => {
+            BackendError::TooLarge(format!("the photo is too large: {problem}"))
+        }
+        _ => BackendError::BadImage(format!("the photo cannot be read: {problem}")),
+    }
+}
+
 fn backend_error(err: PipelineError) -> BackendError {
     match err {
-        PipelineError::BadPhoto(e) => match e.problem {
-            PhotoProblem::TooManyPixels { .. } | PhotoProblem::FileTooLarge { .. } => {
-                BackendError::TooLarge(format!("the photo is too large: {}", e.problem))
-            }
-            _ => BackendError::BadImage(format!("the photo cannot be read: {}", e.problem)),
-        },
+        PipelineError::BadPhoto(e) => photo_error(&e.problem),
         PipelineError::BadBox(e) => {
             BackendError::BadQuery(format!("the box does not fit the photo: {e}"))
         }
@@ -169,6 +174,10 @@ impl Backend for PipelineBackend {
 
     fn is_demo(&self) -> bool {
         self.demo
+    }
+
+    fn source_side(&self) -> u32 {
+        self.engine.embedder().source_side()
     }
 
     fn metrics(&self) -> Vec<String> {

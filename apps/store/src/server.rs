@@ -4,17 +4,21 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServerHandle, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
 use actix_web::middleware::{self, Next};
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{
+    guard, web, App, FromRequest, Handler, HttpRequest, HttpResponse, HttpServer, Resource,
+    Responder, ResponseError,
+};
 
 use crate::error::{ApiError, PageError, StoreError};
-use crate::metrics::Metrics;
-use crate::pool::WorkerPool;
+use crate::metrics::{Metrics, PoolState};
+use crate::pool::{QueueLimits, WorkerPool};
 use crate::state::{AppState, Readiness};
 use crate::upload::Limits;
 use crate::{api, pages};
@@ -35,6 +39,8 @@ pub struct StoreOptions {
     pub inference_workers: usize,
     /// Inference requests that may wait for a worker before new ones get 503.
     pub queue: usize,
+    /// How long a search may wait for a worker before it is answered 503 (without running).
+    pub queue_deadline: Duration,
     /// HTTP worker threads (async executors).
     pub http_workers: usize,
 }
@@ -46,6 +52,7 @@ impl Default for StoreOptions {
             limits: Limits::default(),
             inference_workers: 1,
             queue: 32,
+            queue_deadline: QueueLimits::default().deadline,
             http_workers: 2,
         }
     }
@@ -85,7 +92,13 @@ impl RunningStore {
 /// Starts the server on its own thread and returns once it listens. Searches are answered
 /// when `readiness` gets a backend; until then they get 503.
 pub fn start(options: StoreOptions, readiness: Arc<Readiness>) -> std::io::Result<RunningStore> {
-    let pool = WorkerPool::new(options.inference_workers, options.queue)?;
+    let pool = WorkerPool::with_limits(
+        options.inference_workers,
+        QueueLimits {
+            deadline: options.queue_deadline,
+            ..QueueLimits::for_jobs(options.queue)
+        },
+    )?;
     let state = web::Data::new(AppState {
         readiness,
         pool,
@@ -145,12 +158,75 @@ pub fn start(options: StoreOptions, readiness: Arc<Readiness>) -> std::io::Resul
 }
 
 fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics))
-        .configure(api::routes)
-        .configure(pages::routes)
-        .default_service(web::to(not_found));
+    // Page routes answer a bad query string or path with an error page; the API's scope sets
+    // its own JSON handlers.
+    cfg.app_data(web::QueryConfig::default().error_handler(|err, _| {
+        PageError::from(StoreError::bad_request(format!("bad query string: {err}"))).into()
+    }))
+    .app_data(web::PathConfig::default().error_handler(|err, _| {
+        PageError::from(StoreError::not_found(format!("bad path: {err}"))).into()
+    }))
+    .service(get("/healthz", healthz))
+    .service(get("/readyz", readyz))
+    .service(get("/metrics", metrics))
+    .configure(api::routes)
+    .configure(pages::routes)
+    .default_service(web::to(not_found));
+}
+
+/// A resource answering GET and HEAD with `handler`, and any other method with 405 and
+/// `Allow: GET, HEAD`.
+pub(crate) fn get<F, Args>(path: &str, handler: F) -> Resource
+where
+    F: Handler<Args>,
+    Args: FromRequest + 'static,
+    F::Output: Responder + 'static,
+{
+    web::resource(path)
+        .route(
+            web::route()
+                .guard(guard::Any(guard::Get()).or(guard::Head()))
+                .to(handler),
+        )
+        .default_service(web::to(|req: HttpRequest| async move {
+            method_not_allowed(&req, "GET, HEAD")
+        }))
+}
+
+/// A resource answering POST with `handler`, and any other method with 405 and `Allow: POST`.
+pub(crate) fn post<F, Args>(path: &str, handler: F) -> Resource
+where
+    F: Handler<Args>,
+    Args: FromRequest + 'static,
+    F::Output: Responder + 'static,
+{
+    web::resource(path)
+        .route(web::post().to(handler))
+        .default_service(web::to(|req: HttpRequest| async move {
+            method_not_allowed(&req, "POST")
+        }))
+}
+
+/// 405 naming the methods the resource allows, in the route's error format.
+fn method_not_allowed(req: &HttpRequest, allow: &'static str) -> HttpResponse {
+    let err = StoreError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} does not answer {}; it answers {allow}",
+            req.path(),
+            req.method()
+        ),
+    );
+    let mut response = if req.path().starts_with("/api/") {
+        ApiError::from(err).error_response()
+    } else {
+        PageError::from(err).error_response()
+    };
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    response
 }
 
 async fn healthz() -> HttpResponse {
@@ -175,11 +251,7 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(state.metrics.render(
-            state.pool.queued(),
-            state.pool.in_flight(),
-            state.pool.workers(),
-        ))
+        .body(state.metrics.render(&PoolState::of(&state.pool)))
 }
 
 async fn not_found(req: HttpRequest) -> actix_web::Result<HttpResponse> {

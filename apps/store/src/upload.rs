@@ -4,6 +4,7 @@
 use actix_multipart::Multipart;
 use actix_web::http::StatusCode;
 use futures_util::StreamExt as _;
+use std::time::Duration;
 
 use crate::backend::CropBox;
 use crate::error::StoreError;
@@ -17,6 +18,9 @@ pub struct Limits {
     pub max_pixels: u64,
     /// Largest `k` a search may ask for.
     pub max_k: usize,
+    /// How long a request body may take to arrive, whole (a body trickled byte by byte is
+    /// answered 408 when it runs out).
+    pub body_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -25,6 +29,7 @@ impl Default for Limits {
             max_upload_bytes: 10 * 1024 * 1024,
             max_pixels: 40_000_000,
             max_k: 100,
+            body_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -49,13 +54,30 @@ pub struct SearchForm {
     pub metric: Option<String>,
 }
 
-/// Reads a multipart search form, refusing oversized or malformed bodies with a 4xx.
+/// Reads a multipart search form, refusing oversized or malformed bodies and forms without an
+/// `image` field with a 4xx, and a body that takes longer than [`Limits::body_timeout`] to
+/// arrive with 408.
 pub async fn read_search_form(
-    mut multipart: Multipart,
+    multipart: Multipart,
     limits: &Limits,
 ) -> Result<SearchForm, StoreError> {
+    match actix_web::rt::time::timeout(limits.body_timeout, read_fields(multipart, limits)).await {
+        Ok(form) => form,
+        Err(_) => Err(StoreError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the request body did not arrive within {} s",
+                limits.body_timeout.as_secs_f64()
+            ),
+        )),
+    }
+}
+
+async fn read_fields(mut multipart: Multipart, limits: &Limits) -> Result<SearchForm, StoreError> {
     let mut form = SearchForm::default();
     let mut fields = 0usize;
+    let mut other_fields: Vec<String> = Vec::new();
     while let Some(field) = multipart.next().await {
         let mut field =
             field.map_err(|e| StoreError::bad_request(format!("bad multipart body: {e}")))?;
@@ -66,7 +88,11 @@ pub async fn read_search_form(
             )));
         }
         let name = field.name().unwrap_or_default().to_string();
-        let cap = if name == "image" {
+        let known = ["image", "bbox", "k", "category", "metric"].contains(&name.as_str());
+        // Unknown fields (HTML forms may carry extra inputs; a file may come under the wrong
+        // name) are read and dropped, up to the upload cap, so that the answer can say what is
+        // missing.
+        let cap = if name == "image" || !known {
             limits.max_upload_bytes
         } else {
             MAX_TEXT_FIELD_BYTES
@@ -87,7 +113,9 @@ pub async fn read_search_form(
             if received > cap {
                 return Err(too_long(&name, limits));
             }
-            data.extend_from_slice(&chunk);
+            if known {
+                data.extend_from_slice(&chunk);
+            }
         }
         if received > cap {
             return Err(too_long(&name, limits));
@@ -98,20 +126,41 @@ pub async fn read_search_form(
             "k" => form.k = parse_k(&text(&name, data)?)?,
             "category" => form.category = non_empty(text(&name, data)?),
             "metric" => form.metric = non_empty(text(&name, data)?),
-            // Unknown fields are ignored, as HTML forms may carry extra inputs.
-            _ => {}
+            _ => other_fields.push(name),
         }
+    }
+    if form.image.is_none() {
+        let sent = if other_fields.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (the form has {}: {})",
+                if other_fields.len() == 1 {
+                    "a field named"
+                } else {
+                    "fields named"
+                },
+                other_fields
+                    .iter()
+                    .map(|n| format!("{n:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        return Err(StoreError::bad_request(format!(
+            "the image field is missing{sent}: send the photo as a file field named \"image\""
+        )));
     }
     Ok(form)
 }
 
 fn too_long(name: &str, limits: &Limits) -> StoreError {
-    if name == "image" {
+    if name != "bbox" && name != "k" && name != "category" && name != "metric" {
         StoreError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
             format!(
-                "the image is larger than the {} byte limit",
+                "field {name:?} is larger than the {} byte upload limit",
                 limits.max_upload_bytes
             ),
         )
@@ -212,10 +261,34 @@ pub fn sniff_image_type(bytes: &[u8]) -> Option<&'static str> {
     }
 }
 
-/// A catalogue id from a URL segment: canonical decimal digits only.
+/// A catalogue id from a URL segment: canonical decimal digits only (no sign, no leading
+/// zero), so that each resource has one address.
 pub(crate) fn parse_id(s: &str, what: &str) -> Result<u64, StoreError> {
-    s.parse::<u64>()
-        .map_err(|_| StoreError::not_found(format!("{what} ids are whole numbers, got {s:?}")))
+    let canonical =
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
+    let bad = || {
+        StoreError::not_found(format!(
+            "{what} ids are whole numbers written without sign or leading zeros, got {s:?}"
+        ))
+    };
+    if !canonical {
+        return Err(bad());
+    }
+    s.parse::<u64>().map_err(|_| bad())
+}
+
+/// A page number from a query string: empty means the first page.
+pub(crate) fn parse_page(s: Option<&str>) -> Result<usize, StoreError> {
+    match s.map(str::trim) {
+        None | Some("") => Ok(1),
+        Some(s) => s
+            .parse::<usize>()
+            .ok()
+            .filter(|&page| page >= 1)
+            .ok_or_else(|| {
+                StoreError::bad_request(format!("page must be a whole number from 1 up, got {s:?}"))
+            }),
+    }
 }
 
 #[cfg(test)]
@@ -263,6 +336,31 @@ mod tests {
         assert!(check_k(0, 100).is_err());
         assert!(check_k(10_000, 100).is_err());
         assert_eq!(check_k(100, 100).unwrap(), 100);
+    }
+
+    #[test]
+    fn ids_and_pages_are_canonical_numbers() {
+        assert_eq!(parse_id("67", "photo").unwrap(), 67);
+        assert_eq!(parse_id("0", "photo").unwrap(), 0);
+        for bad in [
+            "+67",
+            "067",
+            "-1",
+            "",
+            " 67",
+            "6 7",
+            "99999999999999999999999",
+        ] {
+            let err = parse_id(bad, "photo").unwrap_err();
+            assert_eq!(err.status, StatusCode::NOT_FOUND, "{bad}");
+        }
+        assert_eq!(parse_page(None).unwrap(), 1);
+        assert_eq!(parse_page(Some("3")).unwrap(), 3);
+        for bad in ["-1", "abc", "0", "99999999999999999999"] {
+            let err = parse_page(Some(bad)).unwrap_err();
+            assert_eq!(err.status, StatusCode::BAD_REQUEST, "{bad}");
+            assert!(err.detail.contains(bad), "{}", err.detail);
+        }
     }
 
     #[test]

@@ -197,7 +197,7 @@ fn check_photos(
                             Problem::warning(
                                 &u.file,
                                 format!(
-                                    "box {:?} has zero area inside the {w}x{h} photo; record skipped",
+                                    "box ({}) has zero area inside the {w}x{h} photo; record skipped",
                                     u.bbox
                                 ),
                             )

@@ -17,11 +17,22 @@ pub struct BBox {
     pub height: f64,
 }
 
+impl std::fmt::Display for BBox {
+    /// `left 10, top 20, 30x40`, as a person reads it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "left {}, top {}, {}x{}",
+            self.left, self.top, self.width, self.height
+        )
+    }
+}
+
 /// A box that cannot be cropped.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CropError {
     /// A coordinate or the margin is NaN or infinite, or the margin is negative.
-    #[error("box {bbox:?} with margin {margin} is not finite or has a negative margin")]
+    #[error("box ({bbox}) with margin {margin} is not finite or has a negative margin")]
     Invalid {
         /// The box.
         bbox: BBox,
@@ -30,7 +41,7 @@ pub enum CropError {
     },
     /// Nothing of the box (with its margin) lies inside the image.
     #[error(
-        "box {bbox:?} with margin {margin} has zero area inside the {image_width}x{image_height} image"
+        "box ({bbox}) with margin {margin} has zero area inside the {image_width}x{image_height} image"
     )]
     ZeroArea {
         /// The box.

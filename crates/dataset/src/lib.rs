@@ -98,7 +98,10 @@ pub use labels::{
     parse_label_file_name, read_pairs_file, read_retrieval_file, CategoryLabels, FileNameError,
     LabelFileKind, Labels, PairRecord, PairSplit, RetrievalRecord, ASPECT_RATIOS_FILE,
 };
-pub use photo::{decode_rgb, load_rgb, photo_path, DecodeLimits, PhotoError, PhotoProblem};
+pub use photo::{
+    decode_rgb, decode_rgb_reduced, load_rgb, photo_path, read_header, DecodeLimits, PhotoError,
+    PhotoHeader, PhotoProblem,
+};
 pub use problem::{Problem, Problems, Severity};
 pub use ratios::{AspectRatios, Ratio, RatioIssue};
 pub use select::{

@@ -240,6 +240,14 @@ impl Embedder {
         input_size(self.config.preprocess, self.config.model)
     }
 
+    /// The fewest pixels the shorter side of a photo (or box) needs for this embedder's
+    /// preprocessing; a photo much larger may be decoded at reduced scale
+    /// (`wtb_dataset::decode_rgb_reduced`) without changing what the model sees.
+    pub fn source_side(&self) -> u32 {
+        // The models of an ensemble share one input size (checked when it is built).
+        crate::preprocess::source_side(self.config.preprocess, self.config.model)
+    }
+
     fn model_error(&self) -> impl FnOnce(candle_core::Error) -> EmbedError + '_ {
         EmbedError::model(self.config.model.name())
     }

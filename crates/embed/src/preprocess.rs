@@ -22,6 +22,16 @@ pub fn input_size(preprocess: Preprocess, model: ModelKind) -> u32 {
     }
 }
 
+/// The fewest pixels the shorter side of a source image needs for the preprocessing to work
+/// from full detail (torchvision resizes the shorter side to 256 before its 224 crop; squash
+/// and pad resize to the input side). Larger sources may be decoded at reduced scale.
+pub fn source_side(preprocess: Preprocess, model: ModelKind) -> u32 {
+    match preprocess {
+        Preprocess::Torchvision => TORCHVISION_RESIZE,
+        Preprocess::Squash | Preprocess::Pad => model.squash_size(),
+    }
+}
+
 /// Turns an image into the model input: a `3 × S × S` CHW vector (S = [`input_size`]),
 /// normalised with the ImageNet mean and standard deviation. Fails only on an empty image.
 pub fn preprocess_image(

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use image::RgbImage;
-use wtb_dataset::{crop, decode_rgb, BBox, DecodeLimits};
+use wtb_dataset::{crop, decode_rgb_reduced, BBox, DecodeLimits};
 use wtb_embed::Embedder;
 use wtb_search::consensus::{self, Consensus, DEFAULT_CONSENSUS};
 use wtb_search::rerank::{expand_in_index, Expansion, DEFAULT_EXPANSION};
@@ -174,16 +174,34 @@ impl QueryEngine {
         self.metric
     }
 
-    /// Decodes the photo (refusing one over the pixel cap before allocating it), crops the box,
-    /// embeds the crop and returns the best `k` distinct products.
+    /// Decodes the photo (refusing one over the pixel cap before allocating it, and decoding a
+    /// JPEG much larger than the model needs at reduced scale), crops the box, embeds the crop
+    /// and returns the best `k` distinct products.
     pub fn search(&self, query: &PhotoQuery<'_>) -> Result<QueryAnswer, PipelineError> {
         if query.k == 0 {
             return Err(PipelineError::BadQuery("k must be at least 1".to_string()));
         }
         let started = Instant::now();
-        let photo = decode_rgb(query.image, &self.limits).map_err(PipelineError::BadPhoto)?;
+        // A photo much larger than the model needs (a phone's 12 MP for a 224-pixel input) is
+        // decoded at reduced scale, its box scaled with it.
+        let (photo, reduction) = decode_rgb_reduced(
+            query.image,
+            &self.limits,
+            self.embedder.source_side(),
+            query.bbox.as_ref(),
+        )
+        .map_err(PipelineError::BadPhoto)?;
         let region = match &query.bbox {
-            Some(bbox) => crop(&photo, bbox, self.margin).map_err(PipelineError::BadBox)?,
+            Some(bbox) => {
+                let scale = 1.0 / f64::from(reduction);
+                let bbox = BBox::new(
+                    bbox.left * scale,
+                    bbox.top * scale,
+                    bbox.width * scale,
+                    bbox.height * scale,
+                );
+                crop(&photo, &bbox, self.margin).map_err(PipelineError::BadBox)?
+            }
             None => photo,
         };
         let decoded = Instant::now();
