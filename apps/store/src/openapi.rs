@@ -41,7 +41,8 @@ pub fn document(limits: &Limits) -> Value {
                     "responses": {
                         "200": { "description": "The best distinct products, best first",
                             "content": { "application/json": { "schema": { "$ref": "#/components/schemas/SearchAnswer" } } } },
-                        "400": error, "413": error, "415": error, "422": error, "503": error
+                        "400": error, "408": error, "413": error, "415": error, "422": error,
+                        "429": error, "503": error
                     }
                 }
             },
@@ -72,7 +73,7 @@ pub fn document(limits: &Limits) -> Value {
                     ]).collect::<Vec<_>>(),
                     "responses": { "200": { "description": "Similar products, best first",
                         "content": { "application/json": { "schema": { "$ref": "#/components/schemas/SearchAnswer" } } } },
-                        "400": error, "404": error, "503": error }
+                        "400": error, "404": error, "429": error, "503": error }
                 }
             }
         },
@@ -101,7 +102,7 @@ pub fn document(limits: &Limits) -> Value {
                     "detail": { "type": "string" } } }
             },
             "responses": {
-                "Error": { "description": "An error; 503 answers carry Retry-After",
+                "Error": { "description": "An error. 408: the body did not arrive in time; 429: this client already has its share of the search queue; 503: the queue is full, the search waited past the queue deadline, or the store is starting. 429 and 503 answers carry Retry-After",
                     "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } }
             }
         }

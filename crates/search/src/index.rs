@@ -856,21 +856,29 @@ impl Index {
         }
         let data_start = (16 + header_len).div_ceil(ALIGN) * ALIGN;
         let rows = header.rows;
-        let section = |offset: usize, len: usize, what: &str| -> Result<&[u8], SearchError> {
+        // Counts and offsets come from the file: every size is computed with checks, so that a
+        // damaged header is refused instead of overflowing.
+        let section = |offset: usize,
+                       count: usize,
+                       item_bytes: usize,
+                       what: &str|
+         -> Result<&[u8], SearchError> {
             let start = data_start.checked_add(offset);
-            let end = start.and_then(|s| s.checked_add(len));
+            let end = count
+                .checked_mul(item_bytes)
+                .and_then(|len| start.and_then(|s| s.checked_add(len)));
             match (start, end) {
                 (Some(s), Some(e)) if e <= body_len => Ok(&bytes[s..e]),
                 _ => Err(corrupt(format!("{what} section lies outside the file"))),
             }
         };
-        let photos = read_u64s(section(header.photos_offset, rows * 8, "photo ids")?);
-        let products = read_u64s(section(header.products_offset, rows * 8, "product ids")?);
-        let category_ids: Vec<u32> = section(header.category_ids_offset, rows * 4, "category ids")?
+        let photos = read_u64s(section(header.photos_offset, rows, 8, "photo ids")?);
+        let products = read_u64s(section(header.products_offset, rows, 8, "product ids")?);
+        let category_ids: Vec<u32> = section(header.category_ids_offset, rows, 4, "category ids")?
             .chunks_exact(4)
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        let deleted: Vec<bool> = section(header.deleted_offset, rows, "deleted flags")?
+        let deleted: Vec<bool> = section(header.deleted_offset, rows, 1, "deleted flags")?
             .iter()
             .map(|b| *b != 0)
             .collect();
@@ -892,7 +900,7 @@ impl Index {
         }
         let mut total = 0;
         for (i, sh) in header.segments.iter().enumerate() {
-            let norms: Vec<f32> = section(sh.norms_offset, sh.rows * 4, "norms")?
+            let norms: Vec<f32> = section(sh.norms_offset, sh.rows, 4, "norms")?
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect();
@@ -901,7 +909,7 @@ impl Index {
                 .checked_mul(header.dim)
                 .and_then(|v| v.checked_mul(header.precision.bytes()))
                 .ok_or_else(|| corrupt(format!("segment {i} size overflows")))?;
-            section(sh.matrix_offset, matrix_bytes, "matrix")?;
+            section(sh.matrix_offset, matrix_bytes, 1, "matrix")?;
             let gallery = Gallery::mapped(
                 map.clone(),
                 data_start + sh.matrix_offset,
@@ -911,7 +919,10 @@ impl Index {
                 norms,
             )
             .map_err(|e| corrupt(format!("segment {i}: {e}")))?;
-            total += sh.rows;
+            total = sh
+                .rows
+                .checked_add(total)
+                .ok_or_else(|| corrupt(format!("segment {i} size overflows")))?;
             index.segments.push(gallery);
         }
         if total != rows {
@@ -920,8 +931,9 @@ impl Index {
             )));
         }
         if let Some((offset, len)) = header.approximate {
-            let bytes = section(offset, len, "approximate index")?;
-            let graph = Hnsw::from_bytes(bytes, header.dim)?;
+            let bytes = section(offset, len, 1, "approximate index")?;
+            let graph = Hnsw::from_bytes(bytes, header.dim)
+                .map_err(|e| corrupt(format!("approximate index: {e}")))?;
             if graph.len() != index.len() {
                 return Err(corrupt(format!(
                     "approximate index holds {} photos, the index {}",

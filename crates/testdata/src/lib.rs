@@ -18,6 +18,7 @@
 
 use std::path::PathBuf;
 
+pub mod fuzz;
 pub mod tensors;
 
 /// The shared reference folder: `$WTB_SHARED_DIR`, or `shared` beside the project root;
