@@ -79,8 +79,7 @@ async fn read_fields(mut multipart: Multipart, limits: &Limits) -> Result<Search
     let mut fields = 0usize;
     let mut other_fields: Vec<String> = Vec::new();
     while let Some(field) = multipart.next().await {
-        let mut field =
-            field.map_err(|e| StoreError::bad_request(format!("bad multipart body: {e}")))?;
+        let mut field = field.map_err(|e| StoreError::bad_request(multipart_problem(&e)))?;
         fields += 1;
         if fields > MAX_FIELDS {
             return Err(StoreError::bad_request(format!(
@@ -101,7 +100,7 @@ async fn read_fields(mut multipart: Multipart, limits: &Limits) -> Result<Search
         let mut received = 0usize;
         while let Some(chunk) = field.next().await {
             let chunk = chunk.map_err(|e| {
-                StoreError::bad_request(format!("bad multipart body in field {name:?}: {e}"))
+                StoreError::bad_request(format!("in field {name:?}: {}", multipart_problem(&e)))
             })?;
             received += chunk.len();
             // A client that sends a little too much still gets to finish sending and read the
@@ -152,6 +151,28 @@ async fn read_fields(mut multipart: Multipart, limits: &Limits) -> Result<Search
         )));
     }
     Ok(form)
+}
+
+/// What is wrong with a multipart body, for a person (the parser's own texts are terse).
+fn multipart_problem(error: &actix_multipart::MultipartError) -> String {
+    use actix_multipart::MultipartError as E;
+    let how = "send the photo as multipart/form-data with a file field named \"image\"";
+    match error {
+        E::ContentTypeMissing => format!("the request has no Content-Type: {how}"),
+        E::ContentTypeParse => format!("the Content-Type header cannot be read: {how}"),
+        E::ContentTypeIncompatible => format!("the body is not multipart/form-data: {how}"),
+        E::BoundaryMissing => {
+            "the multipart boundary is missing from the Content-Type header or the body".into()
+        }
+        E::Incomplete => "the multipart body ends early (a cut-off upload?)".into(),
+        E::Nested => "nested multipart bodies are not supported".into(),
+        E::ContentDispositionMissing | E::ContentDispositionNameMissing => {
+            "a part of the multipart body has no form field name".into()
+        }
+        E::Payload(e) => format!("the body could not be read: {e}"),
+        E::Parse(e) => format!("the multipart body is malformed: {e}"),
+        other => format!("the multipart body is malformed: {other}"),
+    }
 }
 
 fn too_long(name: &str, limits: &Limits) -> StoreError {

@@ -484,3 +484,131 @@ fn a_trickled_body_is_cut_off_at_the_body_timeout() {
     assert!(metrics.contains("wtb_body_timeouts_total 1"), "{metrics}");
     store.stop().expect("stop the store");
 }
+
+/// One field of a fuzzed form: name, optional file name and type, content.
+#[derive(Debug, Clone)]
+struct FuzzField {
+    name: String,
+    filename: Option<String>,
+    content_type: Option<String>,
+    content: Vec<u8>,
+}
+
+fn fuzz_field() -> impl proptest::strategy::Strategy<Value = FuzzField> {
+    use proptest::prelude::*;
+    let name = prop_oneof![
+        4 => Just("image".to_string()),
+        1 => Just("bbox".to_string()),
+        1 => Just("k".to_string()),
+        1 => Just("category".to_string()),
+        1 => Just("metric".to_string()),
+        1 => Just("photo".to_string()),
+        1 => "[a-z\"\\\\ ]{0,12}",
+    ];
+    let content = prop_oneof![
+        1 => proptest::collection::vec(any::<u8>(), 0..64),
+        2 => "[0-9, .-]{0,24}".prop_map(String::into_bytes),
+        1 => (any::<u16>()).prop_map(|n| small_jpeg()[..(n as usize % 700).min(small_jpeg().len())].to_vec()),
+        4 => Just(small_jpeg()),
+        1 => (1usize..40_000).prop_map(|n| vec![b'x'; n]),
+    ];
+    (
+        name,
+        proptest::option::of("[a-z.]{0,10}"),
+        proptest::option::of("[a-z/]{0,16}"),
+        content,
+    )
+        .prop_map(|(name, filename, content_type, content)| FuzzField {
+            name,
+            filename,
+            content_type,
+            content,
+        })
+}
+
+#[test]
+fn fuzzed_multipart_forms_get_client_errors_never_server_errors() {
+    use proptest::prelude::*;
+    let (store, _backend) = slow_store(
+        Duration::from_millis(0),
+        StoreOptions {
+            queue: 64,
+            limits: Limits {
+                max_upload_bytes: 32 * 1024,
+                body_timeout: Duration::from_secs(5),
+                ..Limits::default()
+            },
+            ..StoreOptions::default()
+        },
+    );
+    let addr = store.addr();
+    let statuses = std::cell::RefCell::new(std::collections::BTreeMap::<u16, u64>::new());
+    let strategy = (
+        proptest::collection::vec(fuzz_field(), 0..6),
+        "[A-Za-z0-9'()+_,-]{1,70}",
+        prop_oneof![7 => Just(0u8), 1 => Just(1), 1 => Just(2), 1 => Just(3)],
+        wtb_testdata::fuzz::mutations(),
+        proptest::bool::weighted(0.25),
+        any::<bool>(),
+    );
+    wtb_testdata::fuzz::fuzz(
+        "multipart forms",
+        256,
+        strategy,
+        |(fields, boundary, declared, changes, damaged, page)| {
+            let mut body = Vec::new();
+            for field in &fields {
+                body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+                let mut disposition =
+                    format!("Content-Disposition: form-data; name=\"{}\"", field.name);
+                if let Some(filename) = &field.filename {
+                    disposition.push_str(&format!("; filename=\"{filename}\""));
+                }
+                body.extend_from_slice(disposition.as_bytes());
+                body.extend_from_slice(b"\r\n");
+                if let Some(content_type) = &field.content_type {
+                    body.extend_from_slice(format!("Content-Type: {content_type}\r\n").as_bytes());
+                }
+                body.extend_from_slice(b"\r\n");
+                body.extend_from_slice(&field.content);
+                body.extend_from_slice(b"\r\n");
+            }
+            body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+            if damaged {
+                body = wtb_testdata::fuzz::mutate(&body, &changes);
+            }
+            let content_type = match declared {
+                0 => format!("multipart/form-data; boundary=\"{boundary}\""),
+                1 => "multipart/form-data; boundary=other".to_string(),
+                2 => "multipart/form-data".to_string(),
+                _ => "application/octet-stream".to_string(),
+            };
+            let path = if page { "/search" } else { "/api/v1/search" };
+            let mut request = format!(
+                "POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: {content_type}\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            request.extend_from_slice(&body);
+            let answer = exchange(client(30), addr, &request);
+            *statuses.borrow_mut().entry(answer.status).or_default() += 1;
+            prop_assert!(
+                [200, 400, 408, 413, 415, 422, 429, 503].contains(&answer.status),
+                "status {}: {}",
+                answer.status,
+                answer.text()
+            );
+            Ok(())
+        },
+    );
+    let statuses = statuses.into_inner();
+    eprintln!("multipart statuses: {statuses:?}");
+    // The forms reach every stage: some searches succeed, most are refused with a reason.
+    assert!(
+        statuses.contains_key(&200) && statuses.contains_key(&400),
+        "{statuses:?}"
+    );
+    assert_eq!(get(&format!("http://{addr}/healthz")).status, 200);
+    store.stop().expect("stop the store");
+}
