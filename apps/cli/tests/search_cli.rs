@@ -22,6 +22,17 @@ fn wtb() -> Command {
 }
 
 fn build_command(labels: &Path, photos: &Path, weights: &Path, out: &Path) -> Command {
+    build_with(labels, photos, weights, out, CATEGORIES, 32)
+}
+
+fn build_with(
+    labels: &Path,
+    photos: &Path,
+    weights: &Path,
+    out: &Path,
+    categories: &str,
+    checkpoint_every: usize,
+) -> Command {
     let mut command = wtb();
     command
         .args([
@@ -30,7 +41,7 @@ fn build_command(labels: &Path, photos: &Path, weights: &Path, out: &Path) -> Co
             "--model",
             "mobilenet_v2",
             "--categories",
-            CATEGORIES,
+            categories,
         ])
         .arg("--labels")
         .arg(labels)
@@ -40,7 +51,8 @@ fn build_command(labels: &Path, photos: &Path, weights: &Path, out: &Path) -> Co
         .arg(weights)
         .arg("--out")
         .arg(out)
-        .args(["--checkpoint-every", "32", "--batch", "16"]);
+        .args(["--checkpoint-every", &checkpoint_every.to_string()])
+        .args(["--batch", "8"]);
     command
 }
 
@@ -216,5 +228,173 @@ fn bad_index_files_are_refused_with_the_file_named() {
     assert!(
         stderr.contains("garbage.wtbindex") && stderr.contains("not a valid index file"),
         "{stderr}"
+    );
+}
+
+/// A command's wall time, and the command run to completion.
+fn timed_run(command: &mut Command) -> Duration {
+    let started = Instant::now();
+    run_ok(command.stdout(Stdio::piped()).stderr(Stdio::piped()));
+    started.elapsed()
+}
+
+/// Runs `command` and kills it with SIGKILL after `delay` (if it is still running); true when
+/// it was killed.
+fn kill_after(command: &mut Command, delay: Duration) -> bool {
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("wtb starts");
+    let started = Instant::now();
+    while started.elapsed() < delay {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // `Child::kill` sends SIGKILL on Unix: no chance to clean up.
+    let killed = child.kill().is_ok();
+    child.wait().unwrap();
+    killed
+}
+
+/// Kill points in `[5 %, 95 %]` of `total`, from a seeded generator (the same on every run).
+fn kill_points(seed: u64, count: usize, total: Duration) -> Vec<Duration> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..count)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let fraction = 0.05 + 0.9 * (state % 10_000) as f64 / 10_000.0;
+            total.mul_f64(fraction)
+        })
+        .collect()
+}
+
+/// Files of `dir` other than the given ones (the lock file excepted).
+fn leftovers(dir: &Path, expected: &[&Path]) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| !expected.contains(&p.as_path()))
+        .filter(|p| p.extension().is_none_or(|e| e != "lock"))
+        .collect()
+}
+
+#[test]
+fn sigkill_at_random_points_leaves_the_old_or_the_new_index_and_a_rerun_finishes_it() {
+    let Some((labels, photos, weights, _)) = inputs() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let build =
+        |out: &Path, categories: &str| build_with(&labels, &photos, &weights, out, categories, 8);
+    let add = |index: &Path| {
+        let mut command = wtb();
+        command
+            .args(["index", "add", "--categories", "eyewear,hats"])
+            .arg("--labels")
+            .arg(&labels)
+            .arg("--photos")
+            .arg(&photos)
+            .arg("--weights")
+            .arg(&weights)
+            .arg("--index")
+            .arg(index)
+            .args(["--batch", "8"]);
+        command
+    };
+
+    // Uninterrupted references: a build of eyewear, and that index with hats added.
+    let fresh = dir.path().join("fresh.wtbindex");
+    let build_time = timed_run(&mut build(&fresh, "eyewear"));
+    let fresh_bytes = std::fs::read(&fresh).unwrap();
+    let added = dir.path().join("added.wtbindex");
+    std::fs::copy(&fresh, &added).unwrap();
+    let add_time = timed_run(&mut add(&added));
+    let added_bytes = std::fs::read(&added).unwrap();
+    assert_ne!(fresh_bytes, added_bytes, "the add changed nothing");
+
+    let mut killed = 0;
+    // `wtb index build`: after a kill there is no index or the finished one, and any
+    // checkpoint loads; the rerun resumes and writes the same bytes as an uninterrupted build.
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let out = work.join("shop.wtbindex");
+    let partial = work.join("shop.wtbindex.partial");
+    let mut runs = 0;
+    // Kill points are drawn until enough runs were really killed (a run may finish first).
+    for (i, delay) in kill_points(16, 16, build_time).into_iter().enumerate() {
+        if killed >= 12 {
+            break;
+        }
+        let _ = std::fs::remove_file(&out);
+        let _ = std::fs::remove_file(&partial);
+        // Every other point kills a resumed build, which starts from a checkpoint.
+        if i % 2 == 1 {
+            killed += usize::from(kill_after(&mut build(&out, "eyewear"), build_time / 3));
+            runs += 1;
+        }
+        let delay = if i % 2 == 1 {
+            delay.mul_f64(0.6)
+        } else {
+            delay
+        };
+        killed += usize::from(kill_after(&mut build(&out, "eyewear"), delay));
+        runs += 1;
+        if out.exists() {
+            assert_eq!(std::fs::read(&out).unwrap(), fresh_bytes, "kill point {i}");
+        }
+        if partial.exists() {
+            run_ok(wtb().args(["index", "info", "--index"]).arg(&partial));
+        }
+        run_ok(&mut build(&out, "eyewear"));
+        assert_eq!(
+            std::fs::read(&out).unwrap(),
+            fresh_bytes,
+            "kill point {i} ({delay:?}): the resumed index differs"
+        );
+        assert_eq!(
+            leftovers(&work, &[&out]),
+            Vec::<PathBuf>::new(),
+            "kill point {i}"
+        );
+    }
+
+    // `wtb index add`: after a kill the index is the old one or the new one, never anything
+    // else; the rerun gives the same bytes as an uninterrupted add.
+    for (i, delay) in kill_points(61, 16, add_time).into_iter().enumerate() {
+        if killed >= 22 {
+            break;
+        }
+        std::fs::copy(&fresh, &out).unwrap();
+        killed += usize::from(kill_after(&mut add(&out), delay));
+        runs += 1;
+        let now = std::fs::read(&out).unwrap();
+        assert!(
+            now == fresh_bytes || now == added_bytes,
+            "add kill point {i}: the index is neither the old nor the new one"
+        );
+        run_ok(&mut add(&out));
+        assert_eq!(
+            std::fs::read(&out).unwrap(),
+            added_bytes,
+            "add kill point {i}"
+        );
+        assert_eq!(
+            leftovers(&work, &[&out]),
+            Vec::<PathBuf>::new(),
+            "add kill point {i}"
+        );
+    }
+    eprintln!(
+        "SIGKILL: {killed} of {runs} runs killed mid-way (build {build_time:?}, add {add_time:?}); \
+         every index old or new, every rerun identical to the uninterrupted run"
+    );
+    assert!(
+        killed >= 20,
+        "only {killed} runs were killed before they finished"
     );
 }

@@ -198,7 +198,45 @@ impl BuildLock {
                 return Err(failed("cannot take its build lock", e))
             }
         }
+        remove_stale_temporaries(index);
         Ok(BuildLock { _held: file })
+    }
+}
+
+/// Removes the temporary files a killed writer of `index` or of its checkpoint left behind
+/// (`<index>.tmp<pid>`, `<index>.partial.tmp<pid>`). Only the holder of the build lock writes
+/// them, so none of them is in use.
+fn remove_stale_temporaries(index: &Path) {
+    let (Some(dir), Some(name)) = (index.parent(), index.file_name()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let name = name.to_string_lossy();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let file = file.to_string_lossy();
+        let Some(rest) = file.strip_prefix(name.as_ref()) else {
+            continue;
+        };
+        let pid = rest
+            .strip_prefix(".tmp")
+            .or_else(|| rest.strip_prefix(".partial.tmp"));
+        if pid.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => tracing::info!(
+                    "removed {}, left by an interrupted write",
+                    entry.path().display()
+                ),
+                Err(e) => tracing::warn!("cannot remove {}: {e}", entry.path().display()),
+            }
+        }
     }
 }
 
@@ -253,7 +291,8 @@ fn build_locked(
 }
 
 /// Adds to the existing index of `options` the gallery photos it does not hold yet (new
-/// products, or photos skipped earlier), as a new segment, and rewrites it atomically. Photos
+/// products, or photos skipped earlier), as a new segment, and rewrites it atomically (an
+/// interrupted add leaves the old index, and rerunning it does the whole add). Photos
 /// of the index outside this gallery stay (adding one category keeps the others). The index
 /// keeps its precision; its model and settings must be `embedder`'s.
 pub fn add_to_index(
@@ -262,6 +301,8 @@ pub fn add_to_index(
     progress: Progress<'_>,
 ) -> Result<BuildReport, PipelineError> {
     let gallery = gallery_photos(options)?;
+    // The same lock as a build: two writers of one index take turns.
+    let _lock = BuildLock::take(&options.index)?;
     let mut index = Index::load(&options.index, Some(&embedder.meta().to_map()))?;
     let mut report = extend(
         &mut index,
@@ -421,6 +462,39 @@ mod tests {
         let err = parse_categories(&["tops".into(), "Socks!".into()]).unwrap_err();
         assert!(err.to_string().contains("Socks!"));
         assert_eq!(parse_categories(&[]).unwrap(), None);
+    }
+
+    #[test]
+    fn stale_temporaries_of_the_index_alone_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = dir.path().join("shop.wtbindex");
+        let names = [
+            "shop.wtbindex.tmp123",
+            "shop.wtbindex.partial.tmp9",
+            "shop.wtbindex.partial",
+            "shop.wtbindex.tmpx",
+            "other.wtbindex.tmp123",
+            "shop.wtbindex.tmp",
+        ];
+        for name in names {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        let _lock = BuildLock::take(&index).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "other.wtbindex.tmp123",
+                "shop.wtbindex.lock",
+                "shop.wtbindex.partial",
+                "shop.wtbindex.tmp",
+                "shop.wtbindex.tmpx"
+            ]
+        );
     }
 
     #[test]
