@@ -118,7 +118,9 @@ fn full_protocol_on_a_few_dozen_photos_writes_a_complete_report_and_resumes_from
         "--out",
         out.path().to_str().unwrap(),
     ];
+    let started = std::time::Instant::now();
     let first = wtb(&args);
+    let first_run = started.elapsed();
     assert!(
         first.status.success(),
         "{}",
@@ -138,6 +140,34 @@ fn full_protocol_on_a_few_dozen_photos_writes_a_complete_report_and_resumes_from
         String::from_utf8_lossy(&second.stderr)
     );
     assert_eq!(read(&out.path().join("results.json")), before);
+
+    // Runs killed with SIGKILL at seeded points leave a cache and report that the next run
+    // resumes from, to the same numbers.
+    std::fs::remove_dir_all(out.path()).unwrap();
+    let (killed, tried) = wtb_testdata::crash::kill_repeatedly(9, 3, first_run, |_, delay| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_wtb"));
+        command.args(args);
+        let killed = wtb_testdata::crash::kill_after(&mut command, delay);
+        let results = out.path().join("results.json");
+        if results.exists() {
+            serde_json::from_str::<serde_json::Value>(&read(&results))
+                .expect("a report left by a killed run is whole");
+            // Start the next try from the cache alone.
+            std::fs::remove_file(&results).unwrap();
+        }
+        killed
+    });
+    assert_eq!(killed, 3, "{tried} runs, {killed} killed");
+    let resumed = wtb(&args);
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert_eq!(read(&out.path().join("results.json")), before);
+    eprintln!(
+        "eval: {killed} runs killed mid-way ({tried} tried), then resumed to the same report"
+    );
 }
 
 #[test]

@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use wtb_testdata::crash::{kill_after, kill_repeatedly};
+
 const CATEGORIES: &str = "belts,eyewear";
 
 /// (labels, photos, weights, truth.csv), or None after printing why the test is skipped.
@@ -238,41 +240,6 @@ fn timed_run(command: &mut Command) -> Duration {
     started.elapsed()
 }
 
-/// Runs `command` and kills it with SIGKILL after `delay` (if it is still running); true when
-/// it was killed.
-fn kill_after(command: &mut Command, delay: Duration) -> bool {
-    let mut child = command
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("wtb starts");
-    let started = Instant::now();
-    while started.elapsed() < delay {
-        if child.try_wait().unwrap().is_some() {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    // `Child::kill` sends SIGKILL on Unix: no chance to clean up.
-    let killed = child.kill().is_ok();
-    child.wait().unwrap();
-    killed
-}
-
-/// Kill points in `[5 %, 95 %]` of `total`, from a seeded generator (the same on every run).
-fn kill_points(seed: u64, count: usize, total: Duration) -> Vec<Duration> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..count)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let fraction = 0.05 + 0.9 * (state % 10_000) as f64 / 10_000.0;
-            total.mul_f64(fraction)
-        })
-        .collect()
-}
-
 /// Files of `dir` other than the given ones (the lock file excepted).
 fn leftovers(dir: &Path, expected: &[&Path]) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
@@ -317,33 +284,21 @@ fn sigkill_at_random_points_leaves_the_old_or_the_new_index_and_a_rerun_finishes
     let added_bytes = std::fs::read(&added).unwrap();
     assert_ne!(fresh_bytes, added_bytes, "the add changed nothing");
 
-    let mut killed = 0;
     // `wtb index build`: after a kill there is no index or the finished one, and any
     // checkpoint loads; the rerun resumes and writes the same bytes as an uninterrupted build.
     let work = dir.path().join("work");
     std::fs::create_dir(&work).unwrap();
     let out = work.join("shop.wtbindex");
     let partial = work.join("shop.wtbindex.partial");
-    let mut runs = 0;
-    // Kill points are drawn until enough runs were really killed (a run may finish first).
-    for (i, delay) in kill_points(16, 16, build_time).into_iter().enumerate() {
-        if killed >= 12 {
-            break;
-        }
+    let (build_killed, build_runs) = kill_repeatedly(16, 12, build_time, |i, delay| {
         let _ = std::fs::remove_file(&out);
         let _ = std::fs::remove_file(&partial);
         // Every other point kills a resumed build, which starts from a checkpoint.
+        let mut killed = true;
         if i % 2 == 1 {
-            killed += usize::from(kill_after(&mut build(&out, "eyewear"), build_time / 3));
-            runs += 1;
+            killed &= kill_after(&mut build(&out, "eyewear"), delay.mul_f64(0.5));
         }
-        let delay = if i % 2 == 1 {
-            delay.mul_f64(0.6)
-        } else {
-            delay
-        };
-        killed += usize::from(kill_after(&mut build(&out, "eyewear"), delay));
-        runs += 1;
+        killed &= kill_after(&mut build(&out, "eyewear"), delay.mul_f64(0.6));
         if out.exists() {
             assert_eq!(std::fs::read(&out).unwrap(), fresh_bytes, "kill point {i}");
         }
@@ -361,17 +316,14 @@ fn sigkill_at_random_points_leaves_the_old_or_the_new_index_and_a_rerun_finishes
             Vec::<PathBuf>::new(),
             "kill point {i}"
         );
-    }
+        killed
+    });
 
     // `wtb index add`: after a kill the index is the old one or the new one, never anything
     // else; the rerun gives the same bytes as an uninterrupted add.
-    for (i, delay) in kill_points(61, 16, add_time).into_iter().enumerate() {
-        if killed >= 22 {
-            break;
-        }
+    let (add_killed, add_runs) = kill_repeatedly(61, 10, add_time, |i, delay| {
         std::fs::copy(&fresh, &out).unwrap();
-        killed += usize::from(kill_after(&mut add(&out), delay));
-        runs += 1;
+        let killed = kill_after(&mut add(&out), delay);
         let now = std::fs::read(&out).unwrap();
         assert!(
             now == fresh_bytes || now == added_bytes,
@@ -388,9 +340,12 @@ fn sigkill_at_random_points_leaves_the_old_or_the_new_index_and_a_rerun_finishes
             Vec::<PathBuf>::new(),
             "add kill point {i}"
         );
-    }
+        killed
+    });
+    let killed = build_killed + add_killed;
+    let runs = build_runs + add_runs;
     eprintln!(
-        "SIGKILL: {killed} of {runs} runs killed mid-way (build {build_time:?}, add {add_time:?}); \
+        "SIGKILL: {killed} kill points in {runs} tries (build {build_time:?}, add {add_time:?}); \
          every index old or new, every rerun identical to the uninterrupted run"
     );
     assert!(

@@ -67,14 +67,26 @@ fn train_then_index_and_search_with_the_head() {
     let sliced = dir.path().join("labels");
     slice(&labels, &sliced);
     let head = dir.path().join("head.safetensors");
+    let started = std::time::Instant::now();
     let (ok, stdout, stderr) = output(&mut train(&sliced, &photos, &weights, &head, &[]));
     assert!(ok, "{stdout}\n{stderr}");
+    let first_run = started.elapsed();
     let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(summary["summary"]["epochs"].as_array().unwrap().len(), 2);
     assert!(summary["id"].as_str().unwrap().starts_with("trained-"));
     assert!(head.is_file());
-    // Same inputs and seed: the same file, bit for bit (the features come from the cache).
+    // Same inputs and seed: the same file, bit for bit (the features come from the cache),
+    // also when runs before were killed with SIGKILL: a head file is whole or absent.
     let again = dir.path().join("again.safetensors");
+    for delay in wtb_testdata::crash::kill_points(5, 3, first_run.mul_f64(0.5)) {
+        wtb_testdata::crash::kill_after(&mut train(&sliced, &photos, &weights, &again, &[]), delay);
+        if again.exists() {
+            assert_eq!(
+                std::fs::read(&again).unwrap(),
+                std::fs::read(&head).unwrap()
+            );
+        }
+    }
     let (ok, _, stderr) = output(&mut train(&sliced, &photos, &weights, &again, &[]));
     assert!(ok, "{stderr}");
     assert!(

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::{Hit, SearchQuery};
 use crate::error::{ApiError, StoreError};
-use crate::server::{get, post};
+use crate::routing::{get, post};
 use crate::state::client_of;
 use crate::state::AppState;
 use crate::upload::parse_id;

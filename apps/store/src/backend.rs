@@ -137,3 +137,14 @@ pub trait Backend: Send + Sync + 'static {
         false
     }
 }
+
+/// A photo that cannot be decoded: 413 when it is too large, 422 otherwise.
+pub(crate) fn photo_error(problem: &wtb_dataset::PhotoProblem) -> BackendError {
+    use wtb_dataset::PhotoProblem;
+    match problem {
+        PhotoProblem::TooManyPixels { .. } | PhotoProblem::FileTooLarge { .. } => {
+            BackendError::TooLarge(format!("the photo is too large: {problem}"))
+        }
+        _ => BackendError::BadImage(format!("the photo cannot be read: {problem}")),
+    }
+}

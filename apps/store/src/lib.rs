@@ -37,6 +37,7 @@ mod pages;
 mod pipeline_backend;
 mod pool;
 mod render;
+mod routing;
 mod server;
 mod state;
 mod upload;

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use crate::backend::SearchQuery;
 use crate::error::{PageError, StoreError};
 use crate::render::render as render_template;
-use crate::server::{get, post};
+use crate::routing::{get, post};
 use crate::state::client_of;
 use crate::state::AppState;
 use crate::upload::{parse_id, parse_page, sniff_image_type};

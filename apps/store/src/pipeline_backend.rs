@@ -6,12 +6,12 @@ use std::io::Cursor;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use wtb_dataset::{photo_path, BBox, Catalog, Category, PhotoProblem, ProductId, ProductKey};
+use wtb_dataset::{photo_path, BBox, Catalog, Category, ProductId, ProductKey};
 use wtb_pipeline::{similarity, PhotoQuery, PipelineError, QueryEngine};
 use wtb_search::{Metric, ProductHit};
 
 use crate::backend::{
-    Backend, BackendError, CategoryCount, Hit, Product, SearchOutcome, SearchQuery,
+    photo_error, Backend, BackendError, CategoryCount, Hit, Product, SearchOutcome, SearchQuery,
 };
 
 /// JPEG quality of the query crop shown back to the shopper.
@@ -121,16 +121,6 @@ impl PipelineBackend {
             attributes,
             photos: photos.to_vec(),
         }
-    }
-}
-
-/// A photo that cannot be decoded: 413 when it is too large, 422 otherwise.
-pub(crate) fn photo_error(problem: &PhotoProblem) -> BackendError {
-    match problem {
-        PhotoProblem::TooManyPixels { .. } | PhotoProblem::FileTooLarge { .. } => {
-            BackendError::TooLarge(format!("the photo is too large: {problem}"))
-        }
-        _ => BackendError::BadImage(format!("the photo cannot be read: {problem}")),
     }
 }
 

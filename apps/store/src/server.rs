@@ -9,16 +9,13 @@ use std::time::{Duration, Instant};
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServerHandle, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::http::StatusCode;
 use actix_web::middleware::{self, Next};
-use actix_web::{
-    guard, web, App, FromRequest, Handler, HttpRequest, HttpResponse, HttpServer, Resource,
-    Responder, ResponseError,
-};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 
 use crate::error::{ApiError, PageError, StoreError};
 use crate::metrics::{Metrics, PoolState};
 use crate::pool::{QueueLimits, WorkerPool};
+use crate::routing::get;
 use crate::state::{AppState, Readiness};
 use crate::upload::Limits;
 use crate::{api, pages};
@@ -172,61 +169,6 @@ fn routes(cfg: &mut web::ServiceConfig) {
     .configure(api::routes)
     .configure(pages::routes)
     .default_service(web::to(not_found));
-}
-
-/// A resource answering GET and HEAD with `handler`, and any other method with 405 and
-/// `Allow: GET, HEAD`.
-pub(crate) fn get<F, Args>(path: &str, handler: F) -> Resource
-where
-    F: Handler<Args>,
-    Args: FromRequest + 'static,
-    F::Output: Responder + 'static,
-{
-    web::resource(path)
-        .route(
-            web::route()
-                .guard(guard::Any(guard::Get()).or(guard::Head()))
-                .to(handler),
-        )
-        .default_service(web::to(|req: HttpRequest| async move {
-            method_not_allowed(&req, "GET, HEAD")
-        }))
-}
-
-/// A resource answering POST with `handler`, and any other method with 405 and `Allow: POST`.
-pub(crate) fn post<F, Args>(path: &str, handler: F) -> Resource
-where
-    F: Handler<Args>,
-    Args: FromRequest + 'static,
-    F::Output: Responder + 'static,
-{
-    web::resource(path)
-        .route(web::post().to(handler))
-        .default_service(web::to(|req: HttpRequest| async move {
-            method_not_allowed(&req, "POST")
-        }))
-}
-
-/// 405 naming the methods the resource allows, in the route's error format.
-fn method_not_allowed(req: &HttpRequest, allow: &'static str) -> HttpResponse {
-    let err = StoreError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        format!(
-            "{} does not answer {}; it answers {allow}",
-            req.path(),
-            req.method()
-        ),
-    );
-    let mut response = if req.path().starts_with("/api/") {
-        ApiError::from(err).error_response()
-    } else {
-        PageError::from(err).error_response()
-    };
-    response
-        .headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static(allow));
-    response
 }
 
 async fn healthz() -> HttpResponse {

@@ -116,7 +116,7 @@ impl AppState {
             max_file_bytes: self.limits.max_upload_bytes as u64,
         };
         let header = read_header(&query.image, &decode_limits)
-            .map_err(|e| StoreError::from(crate::pipeline_backend::photo_error(&e.problem)))?;
+            .map_err(|e| StoreError::from(crate::backend::photo_error(&e.problem)))?;
         let region = query.bbox.map(|b| {
             BBox::new(
                 f64::from(b.left),

@@ -204,7 +204,8 @@ impl BuildLock {
 }
 
 /// Removes the temporary files a killed writer of `index` or of its checkpoint left behind
-/// (`<index>.tmp<pid>`, `<index>.partial.tmp<pid>`). Only the holder of the build lock writes
+/// (`.<index>.tmp<pid>`, `.<index>.partial.tmp<pid>`, as `wtb_search::Index::save` names
+/// them). Only the holder of the build lock writes
 /// them, so none of them is in use.
 fn remove_stale_temporaries(index: &Path) {
     let (Some(dir), Some(name)) = (index.parent(), index.file_name()) else {
@@ -222,7 +223,10 @@ fn remove_stale_temporaries(index: &Path) {
     for entry in entries.flatten() {
         let file = entry.file_name();
         let file = file.to_string_lossy();
-        let Some(rest) = file.strip_prefix(name.as_ref()) else {
+        let Some(rest) = file
+            .strip_prefix('.')
+            .and_then(|f| f.strip_prefix(name.as_ref()))
+        else {
             continue;
         };
         let pid = rest
@@ -469,12 +473,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let index = dir.path().join("shop.wtbindex");
         let names = [
-            "shop.wtbindex.tmp123",
-            "shop.wtbindex.partial.tmp9",
+            ".shop.wtbindex.tmp123",
+            ".shop.wtbindex.partial.tmp9",
             "shop.wtbindex.partial",
-            "shop.wtbindex.tmpx",
-            "other.wtbindex.tmp123",
-            "shop.wtbindex.tmp",
+            ".shop.wtbindex.tmpx",
+            ".other.wtbindex.tmp123",
+            "shop.wtbindex.tmp123",
         ];
         for name in names {
             std::fs::write(dir.path().join(name), b"x").unwrap();
@@ -488,11 +492,11 @@ mod tests {
         assert_eq!(
             left,
             [
-                "other.wtbindex.tmp123",
+                ".other.wtbindex.tmp123",
+                ".shop.wtbindex.tmpx",
                 "shop.wtbindex.lock",
                 "shop.wtbindex.partial",
-                "shop.wtbindex.tmp",
-                "shop.wtbindex.tmpx"
+                "shop.wtbindex.tmp123"
             ]
         );
     }

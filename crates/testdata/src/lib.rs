@@ -18,6 +18,7 @@
 
 use std::path::PathBuf;
 
+pub mod crash;
 pub mod fuzz;
 pub mod tensors;
 
