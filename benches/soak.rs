@@ -386,7 +386,7 @@ fn main() -> anyhow::Result<()> {
         std::fs::read_dir(data.join("photos_resized"))?
             .flatten()
             .map(|e| e.path())
-            .find(|p| p.metadata().map_or(false, |m| m.len() > 4000))
+            .find(|p| p.metadata().is_ok_and(|m| m.len() > 4000))
             .context("a shop photo")?,
     )?;
     let bad = Arc::new(bad_requests(&photo));

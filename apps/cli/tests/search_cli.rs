@@ -290,7 +290,7 @@ fn sigkill_at_random_points_leaves_the_old_or_the_new_index_and_a_rerun_finishes
     std::fs::create_dir(&work).unwrap();
     let out = work.join("shop.wtbindex");
     let partial = work.join("shop.wtbindex.partial");
-    let (build_killed, build_runs) = kill_repeatedly(16, 12, build_time, |i, delay| {
+    let (build_killed, build_runs) = kill_repeatedly(16, 6, build_time, |i, delay| {
         let _ = std::fs::remove_file(&out);
         let _ = std::fs::remove_file(&partial);
         // Every other point kills a resumed build, which starts from a checkpoint.
@@ -321,7 +321,7 @@ fn sigkill_at_random_points_leaves_the_old_or_the_new_index_and_a_rerun_finishes
 
     // `wtb index add`: after a kill the index is the old one or the new one, never anything
     // else; the rerun gives the same bytes as an uninterrupted add.
-    let (add_killed, add_runs) = kill_repeatedly(61, 10, add_time, |i, delay| {
+    let (add_killed, add_runs) = kill_repeatedly(61, 16, add_time, |i, delay| {
         std::fs::copy(&fresh, &out).unwrap();
         let killed = kill_after(&mut add(&out), delay);
         let now = std::fs::read(&out).unwrap();
