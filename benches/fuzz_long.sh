@@ -13,25 +13,45 @@ parallel="${2:-9}"
 out=benches/out
 mkdir -p "$out"
 targets=(
-  "wtb-dataset fuzz label_files"
-  "wtb-dataset fuzz ratio_csv"
-  "wtb-dataset fuzz photo_decoding"
-  "wtb-search fuzz index_files_with_random_damage"
-  "wtb-search fuzz index_files_with_damage_past_the_checksum"
-  "wtb-search fuzz index_files_with_extreme_header_numbers"
-  "wtb-embed fuzz embeddings_files"
-  "wtb-embed fuzz head_files"
-  "wtb-store reliability fuzzed_multipart_forms_get_client_errors_never_server_errors"
+  label_files
+  ratio_csv
+  photo_decoding
+  index_files_with_random_damage
+  index_files_with_damage_past_the_checksum
+  index_files_with_extreme_header_numbers
+  embeddings_files
+  head_files
+  fuzzed_multipart_forms_get_client_errors_never_server_errors
 )
-cargo test -p wtb-dataset -p wtb-search -p wtb-embed --test fuzz --no-run
-cargo test -p wtb-store --test reliability --no-run
+# The whole workspace's feature set, as `cargo test --workspace` builds it (selecting packages
+# would unify other features and rebuild the dependencies).
+cargo test --workspace --test fuzz --test reliability --no-run --message-format=json \
+  | python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        message = json.loads(line)
+    except ValueError:
+        continue
+    if message.get("reason") == "compiler-artifact" and message.get("executable") \
+            and message["target"]["name"] in ("fuzz", "reliability"):
+        print(message["executable"])' > "$out/fuzz_binaries.txt"
+binary_of() {
+  while read -r binary; do
+    if "$binary" --list 2>/dev/null | grep -q "^$1: test"; then
+      echo "$binary"
+      return
+    fi
+  done < "$out/fuzz_binaries.txt"
+}
 run_target() {
-  read -r package test name <<<"$1"
-  WTB_FUZZ_SECONDS="$seconds" cargo test -q -p "$package" --test "$test" "$name" -- --exact --nocapture 2>&1 \
+  binary="$(binary_of "$1")"
+  [ -n "$binary" ] || { echo "FAILED: no test binary has $1"; return 1; }
+  WTB_FUZZ_SECONDS="$seconds" "$binary" "$1" --exact --nocapture 2>&1 \
     | grep -E "^fuzz |panicked|seed" || { echo "FAILED: $1"; return 1; }
 }
-export -f run_target
-export seconds
+export -f run_target binary_of
+export seconds out
 started=$(date +%s)
 printf '%s\n' "${targets[@]}" | xargs -P "$parallel" -I{} bash -c 'run_target "$@"' _ {} \
   | tee "$out/fuzz_long.txt"

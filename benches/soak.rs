@@ -132,35 +132,6 @@ fn search(image: &[u8], bbox: Option<&str>) -> Vec<u8> {
     post("/api/v1/search", &content_type, &body)
 }
 
-/// Street photos of the test pairs with their boxes.
-fn street_queries(data: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
-    let mut requests = Vec::new();
-    for entry in std::fs::read_dir(data.join("labels"))? {
-        let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if !name.starts_with("test_pairs_") {
-            continue;
-        }
-        let records: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
-        for record in records.as_array().into_iter().flatten() {
-            let photo = record["photo"].as_u64().context("photo id")?;
-            let b = &record["bbox"];
-            let field = |k: &str| b[k].as_f64().unwrap_or(0.0).round().max(0.0);
-            let bbox = format!(
-                "{},{},{},{}",
-                field("left"),
-                field("top"),
-                field("width").max(1.0),
-                field("height").max(1.0)
-            );
-            let image = std::fs::read(data.join(format!("photos_resized/{photo}.jpg")))?;
-            requests.push(search(&image, Some(&bbox)));
-        }
-    }
-    requests.sort();
-    Ok(requests)
-}
-
 /// The abusive requests, cycled through by the bad uploaders.
 fn bad_requests(photo: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
     let side = 6300u32;
@@ -376,7 +347,11 @@ fn main() -> anyhow::Result<()> {
         ready.elapsed().as_secs_f64()
     );
 
-    let queries = Arc::new(street_queries(&data)?);
+    let queries: Vec<Vec<u8>> = wtb_benches::street_queries(&data)?
+        .iter()
+        .map(|q| search(&q.image, Some(&q.bbox)))
+        .collect();
+    let queries = Arc::new(queries);
     anyhow::ensure!(
         !queries.is_empty(),
         "no street photos in {}",

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use wtb_benches::{street_queries, StreetQuery};
 use wtb_embed::{DeviceChoice, EmbedderConfig, ModelKind};
 use wtb_store::{load_backend, start, CatalogueConfig, Readiness, StoreOptions};
 
@@ -29,44 +30,7 @@ fn env_usize(name: &str, default: usize) -> anyhow::Result<usize> {
     }
 }
 
-/// One query: a street photo's bytes and its box.
-struct Query {
-    image: Vec<u8>,
-    bbox: String,
-}
-
-fn street_queries(data: &Path) -> anyhow::Result<Vec<Query>> {
-    let mut queries = Vec::new();
-    for entry in std::fs::read_dir(data.join("labels"))? {
-        let path = entry?.path();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        if !name.starts_with("test_pairs_") {
-            continue;
-        }
-        let records: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
-        for record in records.as_array().into_iter().flatten() {
-            let photo = record["photo"].as_u64().context("photo id")?;
-            let b = &record["bbox"];
-            let field = |k: &str| b[k].as_f64().unwrap_or(0.0).round().max(0.0);
-            let bbox = format!(
-                "{},{},{},{}",
-                field("left"),
-                field("top"),
-                field("width").max(1.0),
-                field("height").max(1.0)
-            );
-            let image = std::fs::read(data.join(format!("photos_resized/{photo}.jpg")))?;
-            queries.push(Query { image, bbox });
-        }
-    }
-    queries.sort_by(|a, b| a.bbox.cmp(&b.bbox));
-    Ok(queries)
-}
-
-fn multipart(query: &Query) -> (String, Vec<u8>) {
+fn multipart(query: &StreetQuery) -> (String, Vec<u8>) {
     let boundary = "wtbLoadBoundary0123456789";
     let mut body = Vec::with_capacity(query.image.len() + 512);
     body.extend_from_slice(

@@ -17,6 +17,18 @@ pub struct CropBox {
     pub height: u32,
 }
 
+impl CropBox {
+    /// The box in the dataset's terms.
+    pub(crate) fn to_bbox(self) -> wtb_dataset::BBox {
+        wtb_dataset::BBox::new(
+            f64::from(self.left),
+            f64::from(self.top),
+            f64::from(self.width),
+            f64::from(self.height),
+        )
+    }
+}
+
 /// One photo search, as the shopper asked it.
 #[derive(Debug, Clone)]
 pub struct SearchQuery {

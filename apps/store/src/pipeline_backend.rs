@@ -6,7 +6,7 @@ use std::io::Cursor;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use wtb_dataset::{photo_path, BBox, Catalog, Category, ProductId, ProductKey};
+use wtb_dataset::{photo_path, Catalog, Category, ProductId, ProductKey};
 use wtb_pipeline::{similarity, PhotoQuery, PipelineError, QueryEngine};
 use wtb_search::{Metric, ProductHit};
 
@@ -221,14 +221,7 @@ impl Backend for PipelineBackend {
             }
             None => None,
         };
-        let bbox = query.bbox.map(|b| {
-            BBox::new(
-                f64::from(b.left),
-                f64::from(b.top),
-                f64::from(b.width),
-                f64::from(b.height),
-            )
-        });
+        let bbox = query.bbox.map(crate::backend::CropBox::to_bbox);
         let answer = self
             .engine
             .search(&PhotoQuery {

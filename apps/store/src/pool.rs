@@ -478,6 +478,22 @@ mod tests {
         })
     }
 
+    /// Occupies the pool's only worker with a gated job; returns once it runs (the queue is
+    /// empty again).
+    fn occupy(
+        pool: &WorkerPool,
+    ) -> (
+        mpsc::Sender<()>,
+        std::thread::JoinHandle<Result<u8, PoolError>>,
+    ) {
+        let (release, running) = gated(pool);
+        let running = std::thread::spawn(move || block_on(running));
+        while pool.queued() > 0 || pool.in_flight() == 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        (release, running)
+    }
+
     #[test]
     fn runs_jobs_and_returns_their_results() {
         let pool = WorkerPool::new(2, 4).unwrap();
@@ -491,12 +507,7 @@ mod tests {
     #[test]
     fn a_full_queue_is_refused_not_queued() {
         let pool = WorkerPool::new(1, 1).unwrap();
-        let (release, running) = gated(&pool);
-        let running = std::thread::spawn(move || block_on(running));
-        // Wait for the gated job to start, so the queue is empty again.
-        while pool.queued() > 0 || pool.in_flight() == 0 {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let (release, running) = occupy(&pool);
         let waiting = pool.submit(ticket(1, 1), || 2).unwrap();
         let refused = pool.submit(ticket(2, 1), || 3);
         assert!(matches!(
@@ -535,11 +546,7 @@ mod tests {
             },
         )
         .unwrap();
-        let (release, running) = gated(&pool);
-        let running = std::thread::spawn(move || block_on(running));
-        while pool.queued() > 0 || pool.in_flight() == 0 {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let (release, running) = occupy(&pool);
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut jobs = Vec::new();
         // Client 1 queues three expensive jobs, then client 2 one cheap job.
@@ -573,11 +580,7 @@ mod tests {
             },
         )
         .unwrap();
-        let (release, running) = gated(&pool);
-        let running = std::thread::spawn(move || block_on(running));
-        while pool.queued() > 0 || pool.in_flight() == 0 {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let (release, running) = occupy(&pool);
         // A client with nothing waiting is admitted whatever the cost.
         let big = pool.submit(ticket(1, 900), || 1).unwrap();
         assert!(matches!(
@@ -609,11 +612,7 @@ mod tests {
             },
         )
         .unwrap();
-        let (release, running) = gated(&pool);
-        let running = std::thread::spawn(move || block_on(running));
-        while pool.queued() > 0 || pool.in_flight() == 0 {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let (release, running) = occupy(&pool);
         let ran = Arc::new(AtomicUsize::new(0));
         let flag = Arc::clone(&ran);
         let late = pool
@@ -636,11 +635,7 @@ mod tests {
     #[test]
     fn an_abandoned_job_leaves_the_queue() {
         let pool = WorkerPool::new(1, 4).unwrap();
-        let (release, running) = gated(&pool);
-        let running = std::thread::spawn(move || block_on(running));
-        while pool.queued() > 0 || pool.in_flight() == 0 {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let (release, running) = occupy(&pool);
         let ran = Arc::new(AtomicUsize::new(0));
         let flag = Arc::clone(&ran);
         let job = pool

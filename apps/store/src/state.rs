@@ -5,9 +5,9 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use actix_multipart::Multipart;
-use wtb_dataset::{read_header, BBox, DecodeLimits};
+use wtb_dataset::{read_header, DecodeLimits};
 
-use crate::backend::{Backend, SearchOutcome, SearchQuery};
+use crate::backend::{Backend, CropBox, SearchOutcome, SearchQuery};
 use crate::error::StoreError;
 use crate::metrics::Metrics;
 use crate::pool::{Ticket, WorkerPool, SEARCH_BASE_COST};
@@ -117,14 +117,7 @@ impl AppState {
         };
         let header = read_header(&query.image, &decode_limits)
             .map_err(|e| StoreError::from(crate::backend::photo_error(&e.problem)))?;
-        let region = query.bbox.map(|b| {
-            BBox::new(
-                f64::from(b.left),
-                f64::from(b.top),
-                f64::from(b.width),
-                f64::from(b.height),
-            )
-        });
+        let region = query.bbox.map(CropBox::to_bbox);
         let reduction = header.reduction(backend.source_side(), region.as_ref());
         let ticket = Ticket {
             client,

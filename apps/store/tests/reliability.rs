@@ -68,13 +68,18 @@ fn read_answer(stream: &mut TcpStream) -> Answer {
 /// A multipart search request (`POST path`) with `Connection: close`.
 fn search_request(path: &str, fields: &[(&str, &[u8])]) -> Vec<u8> {
     let (content_type, body) = multipart(fields);
+    raw_post(path, &content_type, &body)
+}
+
+/// `POST path` with this body and `Connection: close`.
+fn raw_post(path: &str, content_type: &str, body: &[u8]) -> Vec<u8> {
     let mut request = format!(
         "POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: {content_type}\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     )
     .into_bytes();
-    request.extend_from_slice(&body);
+    request.extend_from_slice(body);
     request
 }
 
@@ -584,13 +589,7 @@ fn fuzzed_multipart_forms_get_client_errors_never_server_errors() {
                 _ => "application/octet-stream".to_string(),
             };
             let path = if page { "/search" } else { "/api/v1/search" };
-            let mut request = format!(
-                "POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: {content_type}\r\n\
-                 Content-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            )
-            .into_bytes();
-            request.extend_from_slice(&body);
+            let request = raw_post(path, &content_type, &body);
             let answer = exchange(client(30), addr, &request);
             *statuses.borrow_mut().entry(answer.status).or_default() += 1;
             prop_assert!(

@@ -2,37 +2,11 @@
 //! fill), and photos much larger than the model needs are decoded at reduced scale with the
 //! same content.
 
-use image::{ImageEncoder, RgbImage};
+mod common;
+
+use common::{encode, picture};
+use image::ImageEncoder;
 use wtb_dataset::*;
-
-/// A photo-like test picture: smooth gradients and a few hard edges, so that a cut shows.
-fn picture(width: u32, height: u32) -> RgbImage {
-    RgbImage::from_fn(width, height, |x, y| {
-        let stripe = if (x / 37 + y / 53) % 2 == 0 { 60 } else { 0 };
-        image::Rgb([
-            (x * 255 / width) as u8,
-            (y * 255 / height) as u8,
-            (128 + stripe) as u8,
-        ])
-    })
-}
-
-fn encode(image: &RgbImage, format: image::ImageFormat) -> Vec<u8> {
-    let mut out = std::io::Cursor::new(Vec::new());
-    if format == image::ImageFormat::Jpeg {
-        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 92)
-            .write_image(
-                image.as_raw(),
-                image.width(),
-                image.height(),
-                image::ExtendedColorType::Rgb8,
-            )
-            .unwrap();
-    } else {
-        image.write_to(&mut out, format).unwrap();
-    }
-    out.into_inner()
-}
 
 #[test]
 fn truncated_photos_of_every_format_are_refused() {

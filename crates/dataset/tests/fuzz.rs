@@ -3,7 +3,9 @@
 //! never a panic or a runaway allocation. `WTB_FUZZ_SECONDS` makes a long run
 //! (`benches/fuzz_long.sh`).
 
-use image::{ImageEncoder, RgbImage};
+mod common;
+
+use common::{encode, picture};
 use proptest::prelude::*;
 use wtb_dataset::*;
 use wtb_testdata::fuzz::{fuzz, mutate, mutations};
@@ -64,29 +66,6 @@ fn ratio_csv() {
     });
 }
 
-fn picture(width: u32, height: u32) -> RgbImage {
-    RgbImage::from_fn(width, height, |x, y| {
-        image::Rgb([(x * 7) as u8, (y * 5) as u8, ((x + y) * 3) as u8])
-    })
-}
-
-fn encoded(image: &RgbImage, format: image::ImageFormat) -> Vec<u8> {
-    let mut out = std::io::Cursor::new(Vec::new());
-    if format == image::ImageFormat::Jpeg {
-        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 85)
-            .write_image(
-                image.as_raw(),
-                image.width(),
-                image.height(),
-                image::ExtendedColorType::Rgb8,
-            )
-            .unwrap();
-    } else {
-        image.write_to(&mut out, format).unwrap();
-    }
-    out.into_inner()
-}
-
 /// Photos to mutate: a real shop photo when the shared data is there, and one generated
 /// photo of each format.
 fn base_photos() -> Vec<Vec<u8>> {
@@ -104,7 +83,7 @@ fn base_photos() -> Vec<Vec<u8>> {
         image::ImageFormat::WebP,
         image::ImageFormat::Bmp,
     ] {
-        photos.push(encoded(&image, format));
+        photos.push(encode(&image, format));
     }
     photos
 }

@@ -11,8 +11,8 @@ use wtb_pipeline::{
 };
 use wtb_search::{Index, VectorSearch};
 
-/// A catalogue of `n` products with one distinct photo each (bags), plus `extra` label records
-/// whose photo files are missing or corrupt.
+/// A catalogue of `n` products with one distinct photo each (bags), plus three label records
+/// whose photo files are missing, not an image, or truncated.
 fn catalogue(dir: &Path, n: u64) -> (PathBuf, PathBuf) {
     let labels = dir.join("labels");
     let photos = dir.join("photos");
@@ -30,10 +30,13 @@ fn catalogue(dir: &Path, n: u64) -> (PathBuf, PathBuf) {
         });
         image.save(photos.join(format!("{i}.jpg"))).unwrap();
     }
-    // Photo 900 is missing, photo 901 is not an image.
+    // Photo 900 is missing, photo 901 is not an image, photo 902 is a JPEG cut short.
     records.push(r#"{"photo": 900, "product": 1}"#.to_string());
     records.push(r#"{"photo": 901, "product": 2}"#.to_string());
+    records.push(r#"{"photo": 902, "product": 3}"#.to_string());
     std::fs::write(photos.join("901.jpg"), b"not a jpeg").unwrap();
+    let whole = std::fs::read(photos.join("1.jpg")).unwrap();
+    std::fs::write(photos.join("902.jpg"), &whole[..whole.len() - 10]).unwrap();
     std::fs::write(
         labels.join("retrieval_bags.json"),
         format!("[{}]", records.join(",")),
@@ -76,7 +79,9 @@ fn an_interrupted_build_resumes_and_equals_a_fresh_one() {
     assert_eq!(report.embedded, 5);
     let mut skipped: Vec<u64> = report.skipped.iter().map(|(p, _)| *p).collect();
     skipped.sort();
-    assert_eq!(skipped, vec![900, 901]);
+    assert_eq!(skipped, vec![900, 901, 902]);
+    let truncated = report.skipped.iter().find(|(p, _)| *p == 902).unwrap();
+    assert!(truncated.1.contains("truncated"), "{}", truncated.1);
     assert!(
         !options.checkpoint_path().exists(),
         "checkpoint not removed"
@@ -128,7 +133,7 @@ fn a_photo_of_several_products_is_a_row_per_product_and_add_fills_gaps() {
     assert_eq!((report.photos, report.rows), (3, 4));
     assert_eq!(report.multi_product_photos, 1);
     let skipped: Vec<u64> = report.skipped.iter().map(|(p, _)| *p).collect();
-    assert_eq!(skipped.len(), 3, "{skipped:?}"); // 4, 900, 901
+    assert_eq!(skipped.len(), 4, "{skipped:?}"); // 4, 900, 901, 902
     let index = Index::load(&options.index, None).unwrap();
     let hat = index.product_vectors("hats", 700);
     let bag = index.product_vectors("bags", 102);

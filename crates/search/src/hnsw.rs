@@ -281,6 +281,13 @@ fn check_serialized(bytes: &[u8], reference: &[u8], dim: usize) -> Result<(), St
                 if u64::from(slot) >= size {
                     return Err(format!("node {node} links to node {slot} of {size}"));
                 }
+                // Searches descend level by level through these links: a link at a level
+                // its target lacks makes usearch abort the process.
+                if levels[slot as usize] < layer {
+                    return Err(format!(
+                        "node {node} links at level {layer} to node {slot}, which has no level {layer}"
+                    ));
+                }
             }
         }
     }
