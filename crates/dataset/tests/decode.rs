@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{encode, picture};
+use common::{encode, picture, FORMATS};
 use image::ImageEncoder;
 use wtb_dataset::*;
 
@@ -12,13 +12,7 @@ use wtb_dataset::*;
 fn truncated_photos_of_every_format_are_refused() {
     let limits = DecodeLimits::default();
     let image = picture(160, 120);
-    for format in [
-        image::ImageFormat::Jpeg,
-        image::ImageFormat::Png,
-        image::ImageFormat::Gif,
-        image::ImageFormat::WebP,
-        image::ImageFormat::Bmp,
-    ] {
+    for format in FORMATS {
         let bytes = encode(&image, format);
         assert!(decode_rgb(&bytes, &limits).is_ok(), "{format:?} whole");
         for keep in [0.2, 0.5, 0.9] {

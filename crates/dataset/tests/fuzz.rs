@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{encode, picture};
+use common::{encode, picture, FORMATS};
 use proptest::prelude::*;
 use wtb_dataset::*;
 use wtb_testdata::fuzz::{fuzz, mutate, mutations};
@@ -76,13 +76,7 @@ fn base_photos() -> Vec<Vec<u8>> {
         }
     }
     let image = picture(96, 64);
-    for format in [
-        image::ImageFormat::Jpeg,
-        image::ImageFormat::Png,
-        image::ImageFormat::Gif,
-        image::ImageFormat::WebP,
-        image::ImageFormat::Bmp,
-    ] {
+    for format in FORMATS {
         photos.push(encode(&image, format));
     }
     photos

@@ -2,6 +2,15 @@
 
 use image::{ImageEncoder, RgbImage};
 
+/// Every format the decoder accepts.
+pub const FORMATS: [image::ImageFormat; 5] = [
+    image::ImageFormat::Jpeg,
+    image::ImageFormat::Png,
+    image::ImageFormat::Gif,
+    image::ImageFormat::WebP,
+    image::ImageFormat::Bmp,
+];
+
 /// A photo-like test picture: smooth gradients and a few hard edges, so that a cut shows.
 pub fn picture(width: u32, height: u32) -> RgbImage {
     RgbImage::from_fn(width, height, |x, y| {
