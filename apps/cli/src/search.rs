@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use wtb_dataset::{crop, load_rgb, BBox, DecodeLimits};
+use wtb_dataset::{crop, decode_rgb_reduced, BBox, DecodeLimits};
 use wtb_embed::DeviceChoice;
 use wtb_search::consensus::{self, Consensus, DEFAULT_CONSENSUS};
 use wtb_search::rerank::{expand_in_index, Expansion, DEFAULT_EXPANSION};
@@ -84,10 +84,19 @@ pub fn run(args: SearchArgs) -> anyhow::Result<ExitCode> {
     };
     let index = load(&args.index)?;
     let embedder = embedder_for(&index, &args.weights, args.head.clone(), args.device)?;
-    let mut image = load_rgb(&args.image, &DecodeLimits::default())
-        .with_context(|| format!("reading {}", args.image.display()))?;
-    if let Some(text) = &args.bbox {
-        image = crop(&image, &parse_bbox(text)?, 0.0)
+    let bbox = args.bbox.as_deref().map(parse_bbox).transpose()?;
+    // As the shop does: a photo much larger than the model needs is decoded at reduced scale.
+    let bytes =
+        std::fs::read(&args.image).with_context(|| format!("reading {}", args.image.display()))?;
+    let (mut image, reduction) = decode_rgb_reduced(
+        &bytes,
+        &DecodeLimits::default(),
+        embedder.source_side(),
+        bbox.as_ref(),
+    )
+    .with_context(|| format!("reading {}", args.image.display()))?;
+    if let Some(bbox) = bbox {
+        image = crop(&image, &bbox.scaled(1.0 / f64::from(reduction)), 0.0)
             .with_context(|| format!("cropping {}", args.image.display()))?;
     }
     let vectors = embedder

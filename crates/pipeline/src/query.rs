@@ -192,16 +192,12 @@ impl QueryEngine {
         )
         .map_err(PipelineError::BadPhoto)?;
         let region = match &query.bbox {
-            Some(bbox) => {
-                let scale = 1.0 / f64::from(reduction);
-                let bbox = BBox::new(
-                    bbox.left * scale,
-                    bbox.top * scale,
-                    bbox.width * scale,
-                    bbox.height * scale,
-                );
-                crop(&photo, &bbox, self.margin).map_err(PipelineError::BadBox)?
-            }
+            Some(bbox) => crop(
+                &photo,
+                &bbox.scaled(1.0 / f64::from(reduction)),
+                self.margin,
+            )
+            .map_err(PipelineError::BadBox)?,
             None => photo,
         };
         let decoded = Instant::now();
